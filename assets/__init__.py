@@ -1,0 +1,1 @@
+"""Dagster asset and asset-check definitions, one module per domain."""

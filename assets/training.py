@@ -1,0 +1,122 @@
+"""Training: the versioned dataset, its blocking checks, and the hyper-parameter search."""
+
+import dagster as dg
+
+from driftloop.data import TrainingSet, build_training_set
+from driftloop.hpo import SearchResult, run_search
+from driftloop.schema import load_schema
+from pipelines.resources import TRIGGER_TAG, DriftloopResource
+
+GROUP = "training"
+
+
+@dg.asset(
+    deps=["landed_batch"],
+    group_name=GROUP,
+    kinds={"pandas"},
+    code_version="1",
+)
+def training_dataset(
+    context: dg.AssetExecutionContext, driftloop: DriftloopResource
+) -> dg.Output[TrainingSet]:
+    """Every accepted batch, deduplicated; its version is the SHA-256 of its rows, and a
+    row's side of the train/holdout split is fixed by the hash of the row and the seed."""
+    settings = driftloop.settings()
+    rows = driftloop.batch_store().read_all()
+    schema = load_schema(settings.schema_path)
+    if rows.empty or schema is None:
+        raise dg.Failure(
+            f"no accepted data yet: drop CSV or Parquet files into {settings.landing} "
+            "and let the landing sensor (or `driftloop train`) ingest them"
+        )
+    training = build_training_set(rows, schema, settings.holdout_fraction, settings.seed)
+    context.log.info(f"dataset {training.version}: {len(training.train)} train rows")
+    labels = training.train[schema.target].value_counts().sort_index()
+    return dg.Output(
+        training,
+        data_version=dg.DataVersion(training.data_hash),
+        metadata={
+            "data_hash": training.data_hash,
+            "train_rows": len(training.train),
+            "holdout_rows": len(training.holdout),
+            "recent_holdout_rows": len(training.recent),
+            "batches": len(training.batches),
+            "label_counts": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
+            "schema": dg.MetadataValue.md(
+                "| feature | kind | dtype |\n|---|---|---|\n"
+                + "\n".join(f"| {f.name} | {f.kind} | {f.dtype} |" for f in schema.features)
+            ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=training_dataset, blocking=True, description="Enough rows to train and judge."
+)
+def enough_rows(training_dataset: TrainingSet, driftloop: DriftloopResource) -> dg.AssetCheckResult:
+    minimum = driftloop.settings().min_rows
+    train, holdout = len(training_dataset.train), len(training_dataset.holdout)
+    return dg.AssetCheckResult(
+        passed=train >= minimum and holdout > 0,
+        description=f"{train} train rows (minimum {minimum}), {holdout} holdout rows",
+        metadata={"train_rows": train, "holdout_rows": holdout, "minimum": minimum},
+    )
+
+
+@dg.asset_check(asset=training_dataset, blocking=True, description="Every label is present.")
+def every_label_present(training_dataset: TrainingSet) -> dg.AssetCheckResult:
+    target = training_dataset.schema.target
+    present = set(training_dataset.train[target].unique().tolist())
+    missing = [label for label in training_dataset.schema.labels if label not in present]
+    return dg.AssetCheckResult(
+        passed=not missing,
+        description=f"labels missing from the training rows: {missing}"
+        if missing
+        else "all labels present",
+        metadata={"missing": dg.MetadataValue.json([str(m) for m in missing])},
+    )
+
+
+@dg.asset(group_name=GROUP, kinds={"optuna", "mlflow", "scikitlearn"}, code_version="1")
+def hpo_study(
+    context: dg.AssetExecutionContext,
+    driftloop: DriftloopResource,
+    training_dataset: TrainingSet,
+) -> dg.Output[SearchResult]:
+    """An Optuna study (TPE, median pruning per CV fold) over the model families; each
+    trial is a child MLflow run of one parent run per dataset version."""
+    settings = driftloop.settings()
+    tags = {
+        "driftloop.data_hash": training_dataset.data_hash,
+        "driftloop.trigger": trigger_of(context),
+        "dagster.run_id": context.run.run_id,
+    }
+    result = run_search(
+        training_dataset, settings, driftloop.experiment_id(), tags, progress=context.log.info
+    )
+    history = result.best_so_far
+    step = max(1, len(history) // 20)
+    table = "| trial | best CV accuracy |\n|---|---|\n" + "\n".join(
+        f"| {i + 1} | {history[i]:.4f} |" for i in range(0, len(history), step)
+    )
+    return dg.Output(
+        result,
+        metadata={
+            "study": result.study_name,
+            "mlflow_parent_run_id": result.parent_run_id,
+            "best_cv_accuracy": result.best_cv_accuracy,
+            "best_params": dg.MetadataValue.json(result.best_params),
+            "trials_complete": result.complete,
+            "trials_pruned": result.pruned,
+            "trials_failed": result.failed,
+            "new_trials": result.new_trials,
+            "trials_per_minute": round(result.trials_per_minute, 1),
+            "search_seconds": round(result.seconds, 2),
+            "optimisation_history": dg.MetadataValue.md(table),
+        },
+    )
+
+
+def trigger_of(context: dg.AssetExecutionContext) -> str:
+    """Why this run happened: set by the sensor, schedule or CLI that launched it."""
+    return context.run.tags.get(TRIGGER_TAG, "manual")

@@ -1,0 +1,160 @@
+"""Landing zone, quarantine and the store of accepted batches.
+
+A landed file is identified by its content hash, so dropping the same bytes twice is a
+no-op. Accepted batches are written atomically (temp file, then rename): a reader sees a
+whole batch or none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from driftloop.schema import DatasetSchema
+
+SUPPORTED_SUFFIXES = (".csv", ".parquet")
+BATCH_COLUMN = "_batch"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class DataFileError(Exception):
+    """A landed file that cannot be read as a table; the message is the quarantine reason."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def landed_files(landing: Path) -> list[Path]:
+    """Data files waiting in the landing zone, oldest name first; hidden/partial files skipped."""
+    if not landing.is_dir():
+        return []
+    return sorted(
+        p
+        for p in landing.iterdir()
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def partition_key(path: Path, sha256: str) -> str:
+    """`<name>-<hash prefix>`: readable in the UI, unique per content."""
+    return f"{_UNSAFE.sub('_', path.name)}-{sha256[:12]}"
+
+
+def file_name_of(key: str) -> str:
+    return key.rsplit("-", 1)[0]
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file, turning every failure into one readable reason."""
+    try:
+        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+    except Exception as error:
+        raise DataFileError(f"unreadable {path.suffix} file: {error}".strip()) from error
+    if frame.empty:
+        raise DataFileError("file has no rows")
+    return frame
+
+
+def quarantine(path: Path, quarantine_dir: Path, reasons: list[str]) -> Path:
+    """Move a rejected file aside with a `<name>.reason.json` next to it."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    target = quarantine_dir / f"{stamp}-{path.name}"
+    shutil.move(str(path), target)
+    reason = {"file": path.name, "quarantined_at": stamp, "reasons": reasons}
+    target.with_name(target.name + ".reason.json").write_text(json.dumps(reason, indent=2))
+    return target
+
+
+class BatchStore:
+    """Accepted batches as Parquet files; ingest order is the files' modification order."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.parquet"
+
+    def write(self, key: str, frame: pd.DataFrame) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".parquet")
+        os.close(fd)
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path(key))
+        return self.path(key)
+
+    def keys(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        files = [p for p in self.root.glob("*.parquet") if not p.name.startswith(".")]
+        return [p.stem for p in sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))]
+
+    def read_all(self) -> pd.DataFrame:
+        """All accepted rows with the batch key in `_batch`, oldest batch first."""
+        frames = [pd.read_parquet(self.path(k)).assign(**{BATCH_COLUMN: k}) for k in self.keys()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def row_hashes(frame: pd.DataFrame, salt: int = 0) -> np.ndarray:
+    hash_key = f"{salt:016d}"[-16:]
+    return pd.util.hash_pandas_object(frame, index=False, hash_key=hash_key).to_numpy()
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """SHA-256 of the multiset of rows: independent of row order and of batch boundaries."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(np.sort(row_hashes(frame)).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A versioned dataset: the split is by row hash, so a row stays on its side forever."""
+
+    data_hash: str
+    schema: DatasetSchema
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    recent: pd.DataFrame
+    batches: tuple[str, ...]
+
+    @property
+    def version(self) -> str:
+        return self.data_hash[:12]
+
+    def xy(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+        return frame[self.schema.feature_names], frame[self.schema.target]
+
+
+def build_training_set(
+    rows: pd.DataFrame, schema: DatasetSchema, holdout_fraction: float, seed: int
+) -> TrainingSet:
+    """Deduplicate, hash and split; `recent` is the holdout part of the newest batch."""
+    columns = [*schema.feature_names, schema.target]
+    batches = tuple(dict.fromkeys(rows[BATCH_COLUMN]))
+    unique = rows.drop_duplicates(subset=columns, keep="last").reset_index(drop=True)
+    in_holdout = (row_hashes(unique[columns], salt=seed) % 10_000) < holdout_fraction * 10_000
+    holdout = unique[in_holdout]
+    return TrainingSet(
+        data_hash=content_hash(unique[columns]),
+        schema=schema,
+        train=unique.loc[~in_holdout, columns].reset_index(drop=True),
+        holdout=holdout[columns].reset_index(drop=True),
+        recent=holdout.loc[holdout[BATCH_COLUMN] == batches[-1], columns].reset_index(drop=True),
+        batches=batches,
+    )

@@ -1,0 +1,178 @@
+"""The hyper-parameter search: one Optuna study per dataset version, one MLflow run per trial.
+
+The study lives in Optuna's RDB storage under a name derived from the data hash and the
+search configuration, so re-running on unchanged data adds no trials, and several
+processes pointed at the same storage add trials to the same study.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from driftloop.data import TrainingSet
+from driftloop.settings import Settings
+from driftloop.training import SEARCH_SPACE_VERSION, cross_validate, suggest_params
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+_FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    study_name: str
+    parent_run_id: str
+    best_params: dict[str, Any]
+    best_cv_accuracy: float
+    complete: int
+    pruned: int
+    failed: int
+    new_trials: int
+    best_so_far: tuple[float, ...]
+    seconds: float
+
+    @property
+    def trials_per_minute(self) -> float:
+        return 60 * self.new_trials / self.seconds if self.seconds > 0 else 0.0
+
+
+def study_name(settings: Settings, data_hash: str) -> str:
+    return (
+        f"{settings.model_name}-{data_hash[:12]}-space{SEARCH_SPACE_VERSION}"
+        f"-k{settings.cv_folds}-n{settings.n_trials}-seed{settings.seed}"
+    )
+
+
+def open_study(settings: Settings, name: str) -> optuna.Study:
+    if settings.optuna_storage is None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return optuna.create_study(
+        study_name=name,
+        storage=settings.optuna_storage_url,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        # Each fold is a step: a trial whose running mean is below the median of earlier
+        # trials at the same fold stops there.
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+    )
+
+
+def run_search(
+    training: TrainingSet,
+    settings: Settings,
+    experiment_id: str,
+    run_tags: dict[str, str],
+    progress: Callable[[str], None] = print,
+) -> SearchResult:
+    """Run the trials this study still lacks; each becomes a child of the study's parent run."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    name = study_name(settings, training.data_hash)
+    study = open_study(settings, name)
+    parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    if parent_id is None:
+        parent = client.create_run(
+            experiment_id, run_name=f"train-{training.version}", tags=run_tags
+        )
+        parent_id = parent.info.run_id
+        study.set_user_attr(PARENT_RUN_ATTR, parent_id)
+    x, y = training.xy(training.train)
+    finished_before = _count(study, *_FINISHED)
+    remaining = settings.n_trials - finished_before
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest_params(trial)
+        child = client.create_run(
+            experiment_id,
+            tags={MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: f"trial-{trial.number}"},
+        )
+        fold_scores: list[Metric] = []
+
+        def report(mean_so_far: float, fold: int) -> None:
+            now = int(time.time() * 1000)
+            fold_scores.append(Metric("cv_accuracy_running", mean_so_far, now, fold))
+            trial.report(mean_so_far, fold)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        state = "FAILED"
+        try:
+            score = cross_validate(
+                params, training.schema, x, y, settings.cv_folds, settings.seed, report
+            )
+            state = "COMPLETE"
+            fold_scores.append(Metric("cv_accuracy", score, int(time.time() * 1000), 0))
+            return score
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        finally:
+            client.log_batch(
+                child.info.run_id,
+                metrics=fold_scores,
+                params=[Param(k, str(v)) for k, v in params.items()],
+                tags=[RunTag("optuna.trial", str(trial.number)), RunTag("optuna.state", state)],
+            )
+            client.set_terminated(child.info.run_id, "FAILED" if state == "FAILED" else "FINISHED")
+
+    def announce(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        best = study.best_value if _count(study, optuna.trial.TrialState.COMPLETE) else float("nan")
+        value = f"{trial.value:.4f}" if trial.value is not None else trial.state.name.lower()
+        progress(f"trial {trial.number + 1}/{settings.n_trials}: {value} (best {best:.4f})")
+
+    started = time.perf_counter()
+    if remaining > 0:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=settings.hpo_timeout_s,
+            callbacks=[announce],
+            catch=(ValueError,),
+        )
+    seconds = time.perf_counter() - started
+    if _count(study, optuna.trial.TrialState.COMPLETE) == 0:
+        raise RuntimeError(f"study {name} has no complete trial; see the trial runs' errors")
+    result = SearchResult(
+        study_name=name,
+        parent_run_id=parent_id,
+        best_params=dict(study.best_trial.params),
+        best_cv_accuracy=float(study.best_value),
+        complete=_count(study, optuna.trial.TrialState.COMPLETE),
+        pruned=_count(study, optuna.trial.TrialState.PRUNED),
+        failed=_count(study, optuna.trial.TrialState.FAIL),
+        new_trials=_count(study, *_FINISHED) - finished_before,
+        best_so_far=_best_so_far(study),
+        seconds=seconds,
+    )
+    client.log_batch(
+        parent_id,
+        metrics=[
+            Metric("best_cv_accuracy", result.best_cv_accuracy, int(time.time() * 1000), 0),
+            Metric("trials_complete", result.complete, int(time.time() * 1000), 0),
+            Metric("trials_pruned", result.pruned, int(time.time() * 1000), 0),
+        ],
+        tags=[RunTag("driftloop.study", name)],
+    )
+    return result
+
+
+def _count(study: optuna.Study, *states: optuna.trial.TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _best_so_far(study: optuna.Study) -> tuple[float, ...]:
+    best, history = float("-inf"), []
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
+            best = max(best, trial.value)
+        if best > float("-inf"):
+            history.append(best)
+    return tuple(history)

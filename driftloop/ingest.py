@@ -1,0 +1,136 @@
+"""Ingesting one landed file: accept it whole into the batch store or quarantine it whole."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from driftloop.data import (
+    BatchStore,
+    DataFileError,
+    file_name_of,
+    file_sha256,
+    landed_files,
+    partition_key,
+    quarantine,
+    read_table,
+)
+from driftloop.schema import (
+    CHECK_NAMES,
+    CheckOutcome,
+    conform,
+    infer_schema,
+    load_schema,
+    save_schema_once,
+    validate_batch,
+)
+from driftloop.settings import Settings
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    key: str
+    accepted: bool
+    rows: int
+    checks: list[CheckOutcome]
+    location: Path
+    label_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
+
+
+def pending_files(
+    landing: Path, known_keys: list[str], fingerprints: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """New partition keys in the landing zone, and the fingerprints to remember.
+
+    A file is only hashed when its size or mtime changed since the last scan; a file whose
+    content is already a known partition (under any name) is skipped.
+    """
+    known_hashes = {key.rsplit("-", 1)[-1] for key in known_keys}
+    new_keys: list[str] = []
+    remembered: dict[str, str] = {}
+    for path in landed_files(landing):
+        stat = path.stat()
+        fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
+        remembered[path.name] = fingerprint
+        if fingerprints.get(path.name) == fingerprint:
+            continue
+        key = partition_key(path, file_sha256(path))
+        content = key.rsplit("-", 1)[-1]
+        if content not in known_hashes:
+            known_hashes.add(content)
+            new_keys.append(key)
+    return new_keys, remembered
+
+
+def ingest(settings: Settings, key: str) -> IngestOutcome:
+    """Validate the landed file behind `key`; store it whole or quarantine it with reasons."""
+    store = BatchStore(settings.batches)
+    path = settings.landing / file_name_of(key)
+    if not path.exists():
+        if store.path(key).exists():  # re-materialising an accepted partition
+            return _accepted_again(settings, store, key)
+        raise DataFileError(f"{path.name} is no longer in the landing zone {settings.landing}")
+    if not file_sha256(path).startswith(key.rsplit("-", 1)[-1]):
+        raise DataFileError(
+            f"{path.name} changed after it landed; its new content is a partition of its own"
+        )
+    try:
+        frame = read_table(path)
+    except DataFileError as error:
+        return _reject(settings, key, path, _unreadable(str(error)), rows=0)
+    schema = load_schema(settings.schema_path)
+    if schema is None:
+        try:
+            schema = infer_schema(frame, settings.target_column)
+        except ValueError as error:
+            return _reject(settings, key, path, _unreadable(str(error)), rows=len(frame))
+    checks = validate_batch(frame, schema, settings.min_rows)
+    if not all(c.passed for c in checks):
+        return _reject(settings, key, path, checks, rows=len(frame))
+    in_force = save_schema_once(schema, settings.schema_path)
+    if in_force != schema:  # another batch set the schema first: judge against that one
+        checks = validate_batch(frame, in_force, settings.min_rows)
+        if not all(c.passed for c in checks):
+            return _reject(settings, key, path, checks, rows=len(frame))
+    stored = store.write(key, conform(frame, in_force))
+    labels = frame[in_force.target].value_counts().sort_index()
+    return IngestOutcome(
+        key, True, len(frame), checks, stored, {str(k): int(v) for k, v in labels.items()}
+    )
+
+
+def _accepted_again(settings: Settings, store: BatchStore, key: str) -> IngestOutcome:
+    schema = load_schema(settings.schema_path)
+    frame = pd.read_parquet(store.path(key))
+    assert schema is not None, "an accepted batch implies a saved schema"
+    checks = validate_batch(frame, schema, settings.min_rows)
+    return IngestOutcome(key, all(c.passed for c in checks), len(frame), checks, store.path(key))
+
+
+def _unreadable(reason: str) -> list[CheckOutcome]:
+    skipped = "not evaluated: the file could not be read as a table"
+    return [CheckOutcome("schema", False, reason)] + [
+        CheckOutcome(name, False, skipped) for name in CHECK_NAMES if name != "schema"
+    ]
+
+
+def _reject(
+    settings: Settings, key: str, path: Path, checks: list[CheckOutcome], rows: int
+) -> IngestOutcome:
+    reasons = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
+    moved = quarantine(path, settings.quarantine, reasons)
+    return IngestOutcome(key, False, rows, checks, moved)
+
+
+def quarantine_reasons(settings: Settings) -> list[dict[str, object]]:
+    """Every quarantined file's recorded reason, newest last."""
+    if not settings.quarantine.is_dir():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(settings.quarantine.glob("*.reason.json"))]

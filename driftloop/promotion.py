@@ -1,0 +1,112 @@
+"""The promotion gate: challenger against champion on the same data, decided by numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from driftloop.registry import CHAMPION, TAG_DECISION, Registry
+from driftloop.training import Evaluation
+
+# Below this many rows the "recent" slice is too noisy to decide on; use the whole holdout.
+MIN_RECENT_ROWS = 50
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+    basis: Literal["recent", "holdout"]
+    challenger_version: str
+    challenger_score: float
+    champion_version: str | None
+    champion_score: float | None
+    margin: float
+    floor: float
+    applied: bool = False
+
+    def summary(self) -> str:
+        verdict = "promote" if self.promote else "keep the champion"
+        action = "applied" if self.applied else "recommended (run `driftloop promote`)"
+        if not self.promote:
+            action = "no change"
+        return f"**{verdict}** ({action}): {self.reason}"
+
+    def as_tags(self) -> dict[str, str]:
+        return {f"{TAG_DECISION}.{k}": str(v) for k, v in asdict(self).items()}
+
+
+def decide(
+    challenger_version: str,
+    challenger: tuple[Evaluation, Evaluation | None],
+    champion_version: str | None,
+    champion: tuple[Evaluation, Evaluation | None] | None,
+    margin: float,
+    floor: float,
+) -> GateDecision:
+    """Each side is (holdout, recent); recent data decides when there is enough of it."""
+    challenger_holdout, challenger_recent = challenger
+    common = {"challenger_version": challenger_version, "margin": margin, "floor": floor}
+    if challenger_holdout.accuracy < floor:
+        return GateDecision(
+            promote=False,
+            reason=f"holdout accuracy {challenger_holdout.accuracy:.4f} is below "
+            f"the floor {floor:.4f}",
+            basis="holdout",
+            challenger_score=challenger_holdout.accuracy,
+            champion_version=champion_version,
+            champion_score=champion[0].accuracy if champion else None,
+            **common,
+        )
+    if champion is None or champion_version is None:
+        return GateDecision(
+            promote=True,
+            reason=f"first model: holdout accuracy {challenger_holdout.accuracy:.4f} "
+            f"passes the floor {floor:.4f}",
+            basis="holdout",
+            challenger_score=challenger_holdout.accuracy,
+            champion_version=None,
+            champion_score=None,
+            **common,
+        )
+    use_recent = (
+        challenger_recent is not None
+        and champion[1] is not None
+        and challenger_recent.rows >= MIN_RECENT_ROWS
+    )
+    basis: Literal["recent", "holdout"] = "recent" if use_recent else "holdout"
+    ours = challenger_recent if use_recent else challenger_holdout
+    theirs = champion[1] if use_recent else champion[0]
+    assert ours is not None and theirs is not None
+    gain = ours.accuracy - theirs.accuracy
+    promote = gain >= margin
+    comparison = (
+        f"{basis} accuracy {ours.accuracy:.4f} vs champion v{champion_version} "
+        f"{theirs.accuracy:.4f} on {ours.rows} rows (gain {gain:+.4f}, margin {margin:.4f})"
+    )
+    return GateDecision(
+        promote=promote,
+        reason=comparison,
+        basis=basis,
+        challenger_score=ours.accuracy,
+        champion_version=champion_version,
+        champion_score=theirs.accuracy,
+        **common,
+    )
+
+
+def apply(
+    decision: GateDecision, registry: Registry, policy: Literal["auto", "manual"]
+) -> GateDecision:
+    """Move aliases when the policy lets the gate decide; always record the decision."""
+    applied = decision.promote and policy == "auto"
+    if applied:
+        registry.promote(decision.challenger_version)
+    decision = GateDecision(**{**asdict(decision), "applied": applied})
+    registry.set_tags(decision.challenger_version, decision.as_tags())
+    return decision
+
+
+def current_champion(registry: Registry) -> str | None:
+    champion = registry.by_alias(CHAMPION)
+    return champion.version if champion else None

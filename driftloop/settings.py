@@ -1,0 +1,106 @@
+"""Every knob of driftloop, read from `DRIFTLOOP_*` environment variables.
+
+The defaults are the embedded deployment: all state under one `DRIFTLOOP_HOME`
+(SQLite for Dagster, MLflow and Optuna; local folders for data). The scale-out
+deployment overrides the URIs through the same variables, never through code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Configuration with embedded-mode defaults; paths derive from `home` unless set."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", frozen=True, extra="ignore")
+
+    home: Path = Field(default=Path(".driftloop"), description="Root of all local state.")
+    landing_dir: Path | None = Field(default=None, description="Where new data files land.")
+    tracking_uri: str | None = Field(default=None, description="MLflow tracking/registry URI.")
+    artifact_root: str | None = Field(default=None, description="MLflow artifact root.")
+    optuna_storage: str | None = Field(default=None, description="Optuna RDB storage URL.")
+
+    target_column: str = "label"
+    model_name: str = "driftloop"
+    min_rows: int = Field(default=200, ge=1, description="Smallest batch or dataset accepted.")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    seed: int = 42
+
+    n_trials: int = Field(default=50, ge=1)
+    cv_folds: int = Field(default=5, ge=2)
+    hpo_timeout_s: float | None = Field(default=None, gt=0)
+
+    promotion_policy: Literal["auto", "manual"] = "auto"
+    promotion_margin: float = Field(default=0.002, ge=0, description="Accuracy gain to promote.")
+    promotion_floor: float = Field(
+        default=0.6, ge=0, le=1, description="Holdout accuracy the first champion must reach."
+    )
+
+    schedule_cron: str = "0 2 * * *"
+    schedule_timezone: str = "UTC"
+    landing_sensor_interval_s: int = Field(default=30, ge=1)
+
+    dagster_port: int = 3000
+    mlflow_port: int = 5000
+
+    @field_validator("home", "landing_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # Dagster runs in subprocesses with other working directories: pin paths now.
+        return path.expanduser().resolve() if path is not None else None
+
+    @property
+    def landing(self) -> Path:
+        return self.landing_dir or self.home / "landing"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def batches(self) -> Path:
+        """Accepted batches, one Parquet file per landed file."""
+        return self.home / "data" / "batches"
+
+    @property
+    def schema_path(self) -> Path:
+        return self.home / "data" / "schema.json"
+
+    @property
+    def dagster_home(self) -> Path:
+        """`DAGSTER_HOME` if the deployment sets it, else a folder of this home."""
+        explicit = os.environ.get("DAGSTER_HOME")
+        return Path(explicit) if explicit else self.home / "dagster"
+
+    @property
+    def io_dir(self) -> Path:
+        return self.home / "dagster" / "io"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.home / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> str:
+        return self.artifact_root or (self.home / "mlflow" / "artifacts").as_uri()
+
+    @property
+    def optuna_storage_url(self) -> str:
+        return self.optuna_storage or f"sqlite:///{self.home / 'optuna.db'}"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment now (not cached: tests and the CLI change it)."""
+    return Settings()

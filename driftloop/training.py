@@ -1,0 +1,169 @@
+"""Model families, their search spaces, cross-validation and evaluation: pure scikit-learn.
+
+Every model is one `Pipeline` (encoding + estimator) so the registered artifact takes raw
+feature columns, exactly what serving receives.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
+from driftloop.schema import DatasetSchema
+
+# Bump when a search space or pipeline changes: it is part of every study's name and lineage.
+SEARCH_SPACE_VERSION = "1"
+
+SEARCH_SPACE: dict[str, dict[str, str]] = {
+    "hist_gradient_boosting": {
+        "learning_rate": "log-uniform [0.03, 0.3]",
+        "max_iter": "int [50, 250]",
+        "max_leaf_nodes": "int [8, 64]",
+        "min_samples_leaf": "int [5, 100]",
+        "l2_regularization": "log-uniform [1e-6, 1.0]",
+    },
+    "logistic_regression": {"C": "log-uniform [1e-3, 100]"},
+}
+
+# The types a registered pipeline may contain; skops refuses anything else on load.
+TRUSTED_TYPES = [
+    "functools.partial",  # ColumnTransformer's "passthrough" wraps check_array in a partial
+    "sklearn.utils.validation.check_array",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.preprocessing._encoders.OrdinalEncoder",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.pipeline.Pipeline",
+]
+
+
+def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
+    family = trial.suggest_categorical("family", list(SEARCH_SPACE))
+    if family == "hist_gradient_boosting":
+        return {
+            "family": family,
+            "learning_rate": trial.suggest_float("learning_rate", 0.03, 0.3, log=True),
+            "max_iter": trial.suggest_int("max_iter", 50, 250),
+            "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 8, 64),
+            "min_samples_leaf": trial.suggest_int("min_samples_leaf", 5, 100),
+            "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True),
+        }
+    return {"family": family, "C": trial.suggest_float("C", 1e-3, 100, log=True)}
+
+
+def make_model(params: dict[str, Any], schema: DatasetSchema, seed: int) -> Pipeline:
+    """Build the pipeline for one point of the search space."""
+    hyper = {k: v for k, v in params.items() if k != "family"}
+    if params["family"] == "hist_gradient_boosting":
+        encode = ColumnTransformer(
+            [
+                (
+                    "categorical",
+                    OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+                    schema.categorical,
+                ),
+                ("numeric", "passthrough", schema.numeric),
+            ]
+        )
+        # Ordinal codes first, so the first len(categorical) columns are categories; unseen
+        # categories become -1, which the model treats as missing instead of failing.
+        mask = [True] * len(schema.categorical) + [False] * len(schema.numeric)
+        estimator = HistGradientBoostingClassifier(
+            **hyper, categorical_features=mask or None, early_stopping=False, random_state=seed
+        )
+    else:
+        encode = ColumnTransformer(
+            [
+                ("categorical", OneHotEncoder(handle_unknown="ignore"), schema.categorical),
+                ("numeric", StandardScaler(), schema.numeric),
+            ]
+        )
+        estimator = LogisticRegression(**hyper, max_iter=500)
+    return Pipeline([("encode", encode), ("model", estimator)])
+
+
+def cross_validate(
+    params: dict[str, Any],
+    schema: DatasetSchema,
+    x: pd.DataFrame,
+    y: pd.Series,
+    folds: int,
+    seed: int,
+    report: Callable[[float, int], None] | None = None,
+) -> float:
+    """Mean accuracy over stratified folds; `report(mean_so_far, fold)` may raise to prune."""
+    scores: list[float] = []
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for fold, (fit_rows, val_rows) in enumerate(splitter.split(x, y)):
+        model = make_model(params, schema, seed).fit(x.iloc[fit_rows], y.iloc[fit_rows])
+        scores.append(accuracy_score(y.iloc[val_rows], model.predict(x.iloc[val_rows])))
+        if report is not None:
+            report(float(np.mean(scores)), fold)
+    return float(np.mean(scores))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    log_loss: float
+    roc_auc: float | None
+    rows: int
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        metrics = {f"{prefix}_accuracy": self.accuracy, f"{prefix}_log_loss": self.log_loss}
+        if self.roc_auc is not None:
+            metrics[f"{prefix}_roc_auc"] = self.roc_auc
+        return metrics
+
+
+def evaluate(model: Any, x: pd.DataFrame, y: pd.Series) -> Evaluation | None:
+    """Score a fitted classifier; None for an empty frame (nothing to judge on)."""
+    if len(x) == 0:
+        return None
+    probabilities = model.predict_proba(x)
+    classes = list(model.classes_)
+    predicted = np.asarray(classes)[probabilities.argmax(axis=1)]
+    auc = None
+    if len(classes) == 2 and y.nunique() == 2:
+        auc = float(roc_auc_score(y, probabilities[:, 1]))
+    return Evaluation(
+        accuracy=float(accuracy_score(y, predicted)),
+        log_loss=float(log_loss(y, probabilities, labels=classes)),
+        roc_auc=auc,
+        rows=len(x),
+    )
+
+
+def slice_accuracy(model: Any, x: pd.DataFrame, y: pd.Series, feature: str) -> dict[str, float]:
+    """Holdout accuracy per value of one categorical feature, for the model card."""
+    predicted = pd.Series(model.predict(x), index=x.index)
+    correct = predicted == y
+    return {str(k): float(v) for k, v in correct.groupby(x[feature]).mean().sort_index().items()}
+
+
+def pin_threads(threads: int = 1) -> None:
+    """Cap OpenMP/BLAS threads before a second process competes for the same cores."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))

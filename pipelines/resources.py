@@ -1,0 +1,45 @@
+"""Resources, and the one function where the environment picks the implementations."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from driftloop.data import BatchStore
+from driftloop.registry import Registry, configure_tracking, ensure_experiment
+from driftloop.settings import Settings
+
+TRIGGER_TAG = "driftloop/trigger"
+
+
+class DriftloopResource(dg.ConfigurableResource):
+    """The deployment's settings and the stores they point to.
+
+    Only `home` is a field (so a run's config shows which home it used); everything else
+    comes from `DRIFTLOOP_*` environment variables when a run starts.
+    """
+
+    home: str
+
+    def settings(self) -> Settings:
+        return Settings(home=Path(self.home))
+
+    def registry(self) -> Registry:
+        settings = self.settings()
+        configure_tracking(settings)
+        return Registry(settings.mlflow_tracking_uri, settings.model_name)
+
+    def experiment_id(self) -> str:
+        settings = self.settings()
+        configure_tracking(settings)
+        return ensure_experiment(settings, settings.model_name)
+
+    def batch_store(self) -> BatchStore:
+        return BatchStore(self.settings().batches)
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    """Embedded mode keeps asset values on local disk under the home."""
+    return {
+        "driftloop": DriftloopResource(home=str(settings.home)),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
+    }
