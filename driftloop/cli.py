@@ -111,12 +111,18 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from driftloop.data import BatchStore
     from pipelines.launch import ingest_pending, prepare_dagster_home, run_training
 
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
         started = time.perf_counter()
         ingest_pending(settings, instance, print)
+        if not BatchStore(settings.batches).keys():
+            raise UserError(
+                f"no accepted data yet: put CSV or Parquet files with a {settings.target_column!r} "
+                f"column into {settings.landing} (or run `driftloop simulate`)"
+            )
         print(f"training with {settings.n_trials} trials, {settings.cv_folds}-fold CV …")
         result = run_training(settings, instance, trigger="cli")
         seconds = time.perf_counter() - started

@@ -110,9 +110,17 @@ class BatchStore:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def row_hashes(frame: pd.DataFrame, salt: int = 0) -> np.ndarray:
-    hash_key = f"{salt:016d}"[-16:]
-    return pd.util.hash_pandas_object(frame, index=False, hash_key=hash_key).to_numpy()
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
+def _salted(hashes: np.ndarray, seed: int) -> np.ndarray:
+    """splitmix64 of hash XOR seed: pandas' own hash key only salts text columns."""
+    with np.errstate(over="ignore"):
+        z = hashes ^ np.uint64((seed * 0x9E3779B97F4A7C15) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def content_hash(frame: pd.DataFrame) -> str:
@@ -148,7 +156,8 @@ def build_training_set(
     columns = [*schema.feature_names, schema.target]
     batches = tuple(dict.fromkeys(rows[BATCH_COLUMN]))
     unique = rows.drop_duplicates(subset=columns, keep="last").reset_index(drop=True)
-    in_holdout = (row_hashes(unique[columns], salt=seed) % 10_000) < holdout_fraction * 10_000
+    buckets = _salted(row_hashes(unique[columns]), seed) % np.uint64(10_000)
+    in_holdout = buckets < holdout_fraction * 10_000
     holdout = unique[in_holdout]
     return TrainingSet(
         data_hash=content_hash(unique[columns]),

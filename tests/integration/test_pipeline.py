@@ -1,0 +1,158 @@
+"""The whole training pipeline on a temporary home: real Dagster, MLflow and Optuna stores."""
+
+import json
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from driftloop.cli import main
+from driftloop.registry import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS,
+    TAG_SHA256,
+    ArtifactIntegrityError,
+    Registry,
+    directory_sha256,
+)
+from driftloop.settings import Settings
+from driftloop.training import TRUSTED_TYPES
+from tests.conftest import land, train
+
+pytestmark = pytest.mark.integration
+
+
+def registry_of(settings: Settings) -> Registry:
+    return Registry(settings.mlflow_tracking_uri, settings.model_name)
+
+
+def stored_model_dir(settings: Settings, version: str) -> Path:
+    """The logged model's folder in the artifact store, found without our download code."""
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    source = client.get_model_version(settings.model_name, version).source  # models:/<id>
+    model_id = source.removeprefix("models:/")
+    return Path(urlparse(client.get_logged_model(model_id).artifact_location).path)
+
+
+def test_first_run_registers_a_champion_with_lineage(trained_home: Settings) -> None:
+    registry = registry_of(trained_home)
+    champion = registry.by_alias(CHAMPION)
+    assert champion is not None and champion.version == "1"
+    assert registry.by_alias(CHALLENGER) is None and registry.by_alias(PREVIOUS) is None
+    tags = champion.tags
+    assert len(tags["driftloop.data_hash"]) == 64
+    assert tags["driftloop.trigger"] == "test"
+    assert tags["driftloop.lineage"] == tags["driftloop.study"]
+    assert tags["driftloop.decision.promote"] == "True"
+    assert json.loads(tags["driftloop.params"])["family"] in {
+        "hist_gradient_boosting",
+        "logistic_regression",
+    }
+    assert len(tags["driftloop.git_commit"]) in (40, len("unknown"))
+    assert "## Holdout" in champion.description and "**promote** (applied)" in champion.description
+
+    client = MlflowClient(trained_home.mlflow_tracking_uri)
+    children = client.search_runs(
+        [client.get_run(champion.run_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{champion.run_id}'",
+    )
+    assert len(children) == 4  # DRIFTLOOP_N_TRIALS in the test environment
+    assert {c.data.tags["optuna.state"] for c in children} <= {"COMPLETE", "PRUNED"}
+    assert client.get_run(champion.run_id).data.metrics["holdout_accuracy"] > 0.7
+
+
+def test_sha256_tag_matches_the_stored_artifact_bytes(trained_home: Settings) -> None:
+    champion = registry_of(trained_home).by_alias(CHAMPION)
+    assert champion.sha256 == directory_sha256(stored_model_dir(trained_home, champion.version))
+    assert champion.tags[TAG_SHA256] == champion.sha256
+
+
+def test_tampered_artifact_is_refused(trained_home: Settings) -> None:
+    registry = registry_of(trained_home)
+    model_file = stored_model_dir(trained_home, "1") / "model.skops"
+    original = model_file.read_bytes()
+    try:
+        model_file.write_bytes(original + b"\0")
+        with pytest.raises(ArtifactIntegrityError, match="does not match"):
+            registry.load_verified("1", TRUSTED_TYPES)
+    finally:
+        model_file.write_bytes(original)
+    assert registry.load_verified("1", TRUSTED_TYPES).predict_proba is not None
+
+
+def test_rerun_on_unchanged_data_registers_nothing(trained_home: Settings) -> None:
+    before = registry_of(trained_home).client.search_model_versions(
+        f"name='{trained_home.model_name}'"
+    )
+    result = train(trained_home, trigger="rerun")
+    assert result.success
+    assert result.output_for_node("hpo_study").new_trials == 0
+    assert not result.output_for_node("candidate_model").newly_registered
+    after = registry_of(trained_home).client.search_model_versions(
+        f"name='{trained_home.model_name}'"
+    )
+    assert len(after) == len(before)
+    gate = result.output_for_node("promotion_gate")
+    assert not gate.promote and "already the champion" in gate.reason
+
+
+def test_corrupt_file_is_quarantined_while_good_files_are_ingested(home: Settings) -> None:
+    land(home, rows=1200, batch_rows=600)
+    (home.landing / "broken.csv").write_text("salary,age\n1,2,3,4\n\x00\x00")
+    result = train(home)
+    assert result.success
+    assert len(list(home.batches.glob("*.parquet"))) == 2
+    (reason,) = home.quarantine.glob("*.reason.json")
+    assert json.loads(reason.read_text())["file"] == "broken.csv"
+    assert registry_of(home).by_alias(CHAMPION).version == "1"
+
+
+def test_training_without_data_fails_with_a_sentence(home: Settings, capsys) -> None:
+    assert main(["train", "--trials", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("driftloop: no accepted data yet: put CSV or Parquet files")
+    assert "\n" not in err
+
+
+def test_new_data_challenges_then_cli_promotes_and_rolls_back(
+    home: Settings, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_PROMOTION_POLICY", "manual")
+    monkeypatch.setenv("DRIFTLOOP_PROMOTION_FLOOR", "0.5")
+    land(home, rows=1500, batch_rows=1500, seed=1)
+    assert train(home).success
+    registry = registry_of(home)
+    assert registry.by_alias(CHAMPION) is None  # manual policy: the gate only recommends
+    assert registry.by_alias(CHALLENGER).version == "1"
+
+    assert main(["promote", "1"]) == 0
+    land(home, rows=1500, batch_rows=1500, seed=2)
+    gate = train(home).output_for_node("promotion_gate")
+    assert gate.challenger_version == "2" and not gate.applied
+    assert registry.by_alias(CHALLENGER).version == "2"
+    assert main(["promote", "2"]) == 0
+    assert (registry.by_alias(CHAMPION).version, registry.by_alias(PREVIOUS).version) == ("2", "1")
+
+    assert main(["rollback"]) == 0
+    assert (registry.by_alias(CHAMPION).version, registry.by_alias(PREVIOUS).version) == ("1", "2")
+    capsys.readouterr()
+    assert main(["status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["aliases"]["champion"]["version"] == "1"
+    assert status["aliases"]["champion"]["sha256"] == registry.version("1").sha256
+    assert status["dataset"]["target"] == "label" and "salary" in status["dataset"]["features"]
+    assert status["last_ingest"]["batches"] == 2
+    assert status["last_run"]["job"] == "training" and status["last_run"]["status"] == "SUCCESS"
+
+    assert main(["promote", "99"]) == 2
+    assert "has no version 99" in capsys.readouterr().err
+
+
+def test_runs_are_in_the_homes_own_dagster_instance(trained_home: Settings) -> None:
+    assert (trained_home.home / "dagster" / "dagster.yaml").exists()
+    instance = dg.DagsterInstance.from_config(str(trained_home.home / "dagster"))
+    jobs = {r.dagster_run.job_name for r in instance.get_run_records()}
+    assert jobs == {"ingest", "training"}
