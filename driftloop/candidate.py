@@ -28,7 +28,7 @@ from driftloop.registry import (
     directory_sha256,
 )
 from driftloop.settings import PROJECT_ROOT, Settings
-from driftloop.training import TRUSTED_TYPES, Evaluation, evaluate, make_model
+from driftloop.training import TRUSTED_TYPES, Evaluation, evaluate, limited_threads, make_model
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ def register_candidate(
         return Candidate(existing, False, holdout, existing.run_id or search.parent_run_id)
 
     x, y = training.xy(training.train)
-    model = make_model(search.best_params, training.schema, settings.seed).fit(x, y)
+    with limited_threads(settings.train_threads):
+        model = make_model(search.best_params, training.schema, settings.seed).fit(x, y)
     holdout = evaluate(model, *training.xy(training.holdout))
     example = x.head(5)
     with mlflow.start_run(run_id=search.parent_run_id):

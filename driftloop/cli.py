@@ -85,6 +85,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--trials", type=int)
     demo.add_argument("--no-ui", action="store_true", help="exit instead of starting the UIs")
     demo.set_defaults(command=cmd_demo)
+
+    serve = commands.add_parser("serve", help="serve @champion on Ray Serve at 127.0.0.1")
+    serve.add_argument("--replicas", type=int, help="default DRIFTLOOP_SERVE_REPLICAS")
+    serve.add_argument("--canary-weight", type=float, help="default DRIFTLOOP_CANARY_WEIGHT")
+    serve.add_argument("--no-haproxy", action="store_true", help="Ray's default proxy instead")
+    serve.set_defaults(command=cmd_serve)
+
+    bench = commands.add_parser("bench", help="benchmarks").add_subparsers(
+        required=True, metavar="TARGET"
+    )
+    bench_serve = bench.add_parser("serve", help="serving vs mlflow models serve vs FastAPI")
+    bench_serve.add_argument("--quick", action="store_true", help="5 s per measurement")
+    bench_serve.add_argument("--json", type=Path, required=True, metavar="PATH")
+    bench_serve.add_argument("--replicas", type=int, default=1)
+    bench_serve.set_defaults(command=cmd_bench_serve)
     return parser
 
 
@@ -308,10 +323,14 @@ def start_uis(settings: Settings) -> dict[str, str]:
             settings.mlflow_artifact_root,
         ],
     }
+    # MLflow's server-side job runner (GenAI evaluation jobs) costs a dozen processes here.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     for name, command in commands.items():
         log = open(settings.logs / f"{name}-ui.log", "ab")  # noqa: SIM115 - lives with the child
+        # From DAGSTER_HOME, so `dagster dev` does not also find the repo's dagster.yaml.
+        cwd = settings.dagster_home
         _CHILDREN.append(
-            subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         )
     atexit.register(_stop_children)
     return {
@@ -342,3 +361,36 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     if args.no_ui:
         return 0
     return cmd_ui(settings, args)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from serving import launch
+    from serving.app import ServeArgs
+
+    serve_args = ServeArgs(
+        home=str(settings.home), num_replicas=args.replicas, canary_weight=args.canary_weight
+    )
+    try:
+        url = launch.start(settings, serve_args, haproxy=not args.no_haproxy)
+        print(f"serving @champion of {settings.model_name!r} at {url}")
+        print(f"  POST {url}/v1/models/{settings.model_name}:predict   docs: {url}/docs")
+        print("Ctrl-C stops it.")
+        signal.pause()
+    finally:
+        launch.stop(settings)
+    return 0
+
+
+def cmd_bench_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from driftloop.registry import CHAMPION, Registry, configure_tracking
+    from serving import bench
+
+    configure_tracking(settings)
+    if Registry(settings.mlflow_tracking_uri, settings.model_name).by_alias(CHAMPION) is None:
+        print("no @champion yet: simulating data and training one")
+        cmd_simulate(settings, _parser().parse_args(["simulate", "--rows", "5000"]))
+        cmd_train(settings, args)
+    result = bench.run(settings, quick=args.quick, json_path=args.json, replicas=args.replicas)
+    print(bench.table(result))
+    print(f"wrote {args.json}")
+    return 0

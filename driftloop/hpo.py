@@ -19,7 +19,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from driftloop.data import TrainingSet
 from driftloop.settings import Settings
-from driftloop.training import SEARCH_SPACE_VERSION, cross_validate, suggest_params
+from driftloop.training import (
+    SEARCH_SPACE_VERSION,
+    cross_validate,
+    limited_threads,
+    suggest_params,
+)
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 _FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -130,13 +135,14 @@ def run_search(
 
     started = time.perf_counter()
     if remaining > 0:
-        study.optimize(
-            objective,
-            n_trials=remaining,
-            timeout=settings.hpo_timeout_s,
-            callbacks=[announce],
-            catch=(ValueError,),
-        )
+        with limited_threads(settings.train_threads):
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=settings.hpo_timeout_s,
+                callbacks=[announce],
+                catch=(ValueError,),
+            )
     seconds = time.perf_counter() - started
     if _count(study, optuna.trial.TrialState.COMPLETE) == 0:
         raise RuntimeError(f"study {name} has no complete trial; see the trial runs' errors")
