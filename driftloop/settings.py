@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     tracking_uri: str | None = Field(default=None, description="MLflow tracking/registry URI.")
     artifact_root: str | None = Field(default=None, description="MLflow artifact root.")
     optuna_storage: str | None = Field(default=None, description="Optuna RDB storage URL.")
+    io_bucket: str | None = Field(
+        default=None, description="S3 bucket for Dagster asset values; unset keeps local files."
+    )
+    io_prefix: str = Field(default="dagster/io", description="Key prefix inside `io_bucket`.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto); unset means AWS."
+    )
 
     target_column: str = "label"
     model_name: str = "driftloop"
@@ -37,6 +44,7 @@ class Settings(BaseSettings):
     n_trials: int = Field(default=50, ge=1)
     cv_folds: int = Field(default=5, ge=2)
     hpo_timeout_s: float | None = Field(default=None, gt=0)
+    train_threads: int = Field(default=1, ge=1, description="OpenMP/BLAS threads per fit.")
 
     promotion_policy: Literal["auto", "manual"] = "auto"
     promotion_margin: float = Field(default=0.002, ge=0, description="Accuracy gain to promote.")
@@ -50,6 +58,31 @@ class Settings(BaseSettings):
 
     dagster_port: int = 3000
     mlflow_port: int = 5000
+
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    admin_api_key: SecretStr | None = Field(
+        default=None, description="Key for the serving admin endpoints; unset disables them."
+    )
+    canary_weight: float = Field(
+        default=0.0, ge=0, le=1, description="Share of traffic the challenger answers."
+    )
+    serve_replicas: int = Field(default=1, ge=1)
+    serve_max_instances: int = Field(
+        default=1000, ge=1, description="Instances per predict request; more is a 413."
+    )
+    serve_max_batch_rows: int = Field(
+        default=256, ge=1, description="Rows one model call may take across batched requests."
+    )
+    serve_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="How often replicas look for alias changes."
+    )
+    prediction_log_window_s: int = Field(
+        default=300, ge=1, description="One Parquet file per writer per window."
+    )
+    prediction_log_capacity: int = Field(
+        default=100_000, ge=1, description="Queued records before new ones are dropped."
+    )
 
     @field_validator("home", "landing_dir")
     @classmethod
@@ -99,6 +132,16 @@ class Settings(BaseSettings):
     @property
     def logs(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def serving_dir(self) -> Path:
+        """The serving replicas' last good models and event log."""
+        return self.home / "serving"
+
+    @property
+    def predictions_dir(self) -> Path:
+        """The prediction and feedback log, Parquet files Dagster reads as a source."""
+        return self.home / "predictions"
 
 
 def load_settings() -> Settings:
