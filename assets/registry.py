@@ -66,28 +66,19 @@ def promotion_gate(
         return model, (evaluate(model, *holdout), evaluate(model, *recent))
 
     challenger_model, challenger_scores = scores(challenger_version)
-    if champion is not None and champion.version == challenger_version:
-        decision = GateDecision(
-            promote=False,
-            reason=f"v{challenger_version} is already the champion",
-            basis="holdout",
-            challenger_version=challenger_version,
-            challenger_score=challenger_scores[0].accuracy,
-            champion_version=champion.version,
-            champion_score=challenger_scores[0].accuracy,
-            margin=settings.promotion_margin,
-            floor=settings.promotion_floor,
-        )
-    else:
-        champion_scores = scores(champion.version)[1] if champion else None
-        decision = decide(
-            challenger_version,
-            challenger_scores,
-            champion.version if champion else None,
-            champion_scores,
-            settings.promotion_margin,
-            settings.promotion_floor,
-        )
+    reigning = champion is not None and champion.version == challenger_version
+    champion_scores = None
+    if champion is not None:
+        champion_scores = challenger_scores if reigning else scores(champion.version)[1]
+    decision = decide(
+        challenger_version,
+        challenger_scores,
+        champion.version if champion else None,
+        champion_scores,
+        settings.promotion_margin,
+        settings.promotion_floor,
+    )
+    if not reigning:  # a reigning champion keeps the card and decision it was promoted with
         decision = apply(decision, registry, settings.promotion_policy)
         card = render_card(
             training_dataset,

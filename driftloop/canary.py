@@ -7,7 +7,7 @@ hundred requests and the other thousands.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -40,9 +40,6 @@ class CanaryDecision:
     ci_high: float | None = None
     p_value: float | None = None
     effect_size: float | None = None
-
-    def as_record(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def welch(

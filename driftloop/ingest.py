@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,10 +126,3 @@ def _reject(
     reasons = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
     moved = quarantine(path, settings.quarantine, reasons)
     return IngestOutcome(key, False, rows, checks, moved)
-
-
-def quarantine_reasons(settings: Settings) -> list[dict[str, object]]:
-    """Every quarantined file's recorded reason, newest last."""
-    if not settings.quarantine.is_dir():
-        return []
-    return [json.loads(p.read_text()) for p in sorted(settings.quarantine.glob("*.reason.json"))]

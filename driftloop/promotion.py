@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from driftloop.registry import CHAMPION, TAG_DECISION, Registry
+from driftloop.registry import TAG_DECISION, Registry
 from driftloop.training import Evaluation
 
 # Below this many rows the "recent" slice is too noisy to decide on; use the whole holdout.
@@ -47,6 +47,16 @@ def decide(
     """Each side is (holdout, recent); recent data decides when there is enough of it."""
     challenger_holdout, challenger_recent = challenger
     common = {"challenger_version": challenger_version, "margin": margin, "floor": floor}
+    if champion_version == challenger_version:
+        return GateDecision(
+            promote=False,
+            reason=f"v{challenger_version} is already the champion",
+            basis="holdout",
+            challenger_score=challenger_holdout.accuracy,
+            champion_version=champion_version,
+            champion_score=challenger_holdout.accuracy,
+            **common,
+        )
     if challenger_holdout.accuracy < floor:
         return GateDecision(
             promote=False,
@@ -69,15 +79,15 @@ def decide(
             champion_score=None,
             **common,
         )
-    use_recent = (
+    champion_holdout, champion_recent = champion
+    if (
         challenger_recent is not None
-        and champion[1] is not None
+        and champion_recent is not None
         and challenger_recent.rows >= MIN_RECENT_ROWS
-    )
-    basis: Literal["recent", "holdout"] = "recent" if use_recent else "holdout"
-    ours = challenger_recent if use_recent else challenger_holdout
-    theirs = champion[1] if use_recent else champion[0]
-    assert ours is not None and theirs is not None
+    ):
+        basis, ours, theirs = "recent", challenger_recent, champion_recent
+    else:
+        basis, ours, theirs = "holdout", challenger_holdout, champion_holdout
     gain = ours.accuracy - theirs.accuracy
     promote = gain >= margin
     comparison = (
@@ -105,8 +115,3 @@ def apply(
     decision = GateDecision(**{**asdict(decision), "applied": applied})
     registry.set_tags(decision.challenger_version, decision.as_tags())
     return decision
-
-
-def current_champion(registry: Registry) -> str | None:
-    champion = registry.by_alias(CHAMPION)
-    return champion.version if champion else None

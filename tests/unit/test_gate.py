@@ -33,3 +33,8 @@ def test_margin_is_required() -> None:
     better = decide("2", (ev(0.915), None), "1", (ev(0.90), None), 0.01, 0.5)
     assert not same.promote and better.promote
     assert "gain +0.0050" in same.reason
+
+
+def test_reigning_champion_is_not_judged_against_itself() -> None:
+    decision = decide("3", (ev(0.9), None), "3", (ev(0.9), None), 0.0, 0.5)
+    assert not decision.promote and decision.reason == "v3 is already the champion"
