@@ -4,10 +4,23 @@ on the error stream (river ADWIN and Page-Hinkley)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from river import drift
+
+
+def read_log(directory: Path, since: datetime | None = None) -> pd.DataFrame:
+    """Published Parquet files of a serving log (hidden in-progress files are skipped)."""
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return pd.DataFrame()
+    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    if since is not None and not frame.empty:
+        frame = frame[frame["at"] >= pd.Timestamp(since)]
+    return frame.reset_index(drop=True)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,20 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Queued records before new ones are dropped."
     )
 
+    monitor_window_s: int = Field(
+        default=900, ge=1, description="Recent traffic the monitors judge, in seconds."
+    )
+    monitor_min_rows: int = Field(default=200, ge=10, description="Fewest rows to judge drift.")
+    drift_share_threshold: float = Field(
+        default=0.3, gt=0, le=1, description="Share of drifted features that confirms drift."
+    )
+    quality_drop_threshold: float = Field(
+        default=0.05, gt=0, le=1, description="Accuracy drop after a change point that counts."
+    )
+    retrain_cooldown_s: int = Field(
+        default=1800, ge=0, description="Quiet time after a monitor-triggered retrain."
+    )
+
     @field_validator("home", "landing_dir")
     @classmethod
     def _absolute(cls, path: Path | None) -> Path | None:
@@ -142,6 +156,14 @@ class Settings(BaseSettings):
     def predictions_dir(self) -> Path:
         """The prediction and feedback log, Parquet files Dagster reads as a source."""
         return self.home / "predictions"
+
+    @property
+    def prediction_log_dir(self) -> Path:
+        return self.predictions_dir / "predictions"
+
+    @property
+    def feedback_log_dir(self) -> Path:
+        return self.predictions_dir / "feedback"
 
 
 def load_settings() -> Settings:

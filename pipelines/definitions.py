@@ -2,9 +2,15 @@
 
 import dagster as dg
 
-from assets import ingestion, registry, training
+from assets import ingestion, monitoring, registry, training
 from driftloop.settings import Settings, load_settings
-from pipelines.jobs import ingest_job, training_job
+from pipelines.jobs import ingest_job, monitoring_job, training_job
+from pipelines.monitor_sensors import (
+    drift_sensor,
+    prediction_log_sensor,
+    quality_sensor,
+    run_failure_alert,
+)
 from pipelines.resources import build_resources
 from pipelines.schedules import nightly_training
 from pipelines.sensors import landing_sensor
@@ -13,13 +19,21 @@ from pipelines.sensors import landing_sensor
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         dg.Definitions(
-            assets=dg.load_assets_from_modules([ingestion, training, registry]),
-            asset_checks=dg.load_asset_checks_from_modules([ingestion, training, registry]),
+            assets=dg.load_assets_from_modules([ingestion, training, registry, monitoring]),
+            asset_checks=dg.load_asset_checks_from_modules(
+                [ingestion, training, registry, monitoring]
+            ),
         ),
         dg.Definitions(
-            jobs=[ingest_job, training_job],
+            jobs=[ingest_job, training_job, monitoring_job],
             schedules=[nightly_training(settings)],
-            sensors=[landing_sensor(settings)],
+            sensors=[
+                landing_sensor(settings),
+                prediction_log_sensor(settings),
+                drift_sensor(settings),
+                quality_sensor(settings),
+                run_failure_alert,
+            ],
             resources=build_resources(settings),
         ),
     )

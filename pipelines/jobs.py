@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import ingestion, registry, training
+from assets import ingestion, monitoring, registry, training
 
 ingest_job = dg.define_asset_job(
     "ingest",
@@ -17,4 +17,11 @@ training_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(training.GROUP, registry.GROUP),
     description="Version the dataset, search hyper-parameters, register and gate a candidate.",
     tags={"driftloop/kind": "training"},
+)
+
+monitoring_job = dg.define_asset_job(
+    "monitoring",
+    selection=dg.AssetSelection.groups(monitoring.GROUP),
+    description="Judge recent served traffic: feature drift and live quality.",
+    tags={"driftloop/kind": "monitoring"},
 )

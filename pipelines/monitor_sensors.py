@@ -1,0 +1,126 @@
+"""When does retraining start? Here: on confirmed feature drift or a detected quality drop,
+at most once per cooldown, plus an alert for every failed run."""
+
+import json
+import time
+
+import dagster as dg
+
+from driftloop.alerts import notify
+from driftloop.settings import Settings
+from pipelines.jobs import monitoring_job, training_job
+from pipelines.resources import TRIGGER_TAG, DriftloopResource
+
+MONITOR_TRIGGERS = ("drift", "quality")
+
+
+def last_monitor_retrain(instance: dg.DagsterInstance) -> float | None:
+    """Creation time of the newest training run a monitor started (the shared cooldown)."""
+    newest = None
+    for trigger in MONITOR_TRIGGERS:
+        records = instance.get_run_records(
+            filters=dg.RunsFilter(job_name=training_job.name, tags={TRIGGER_TAG: trigger}),
+            limit=1,
+        )
+        if records:
+            stamp = records[0].create_timestamp.timestamp()
+            newest = stamp if newest is None else max(newest, stamp)
+    return newest
+
+
+def _retrain_or_skip(
+    context: dg.SensorEvaluationContext,
+    settings: Settings,
+    trigger: str,
+    reason: str,
+    run_key: str,
+) -> dg.SensorResult:
+    last = last_monitor_retrain(context.instance)
+    if last is not None and time.time() - last < settings.retrain_cooldown_s:
+        wait = settings.retrain_cooldown_s - (time.time() - last)
+        return dg.SensorResult(skip_reason=f"{reason}, but in cooldown for {wait:.0f}s more")
+    notify("drift_detected" if trigger == "drift" else "retrain_started", reason)
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=run_key,
+                tags={TRIGGER_TAG: trigger, "driftloop/trigger_reason": reason[:200]},
+            )
+        ]
+    )
+
+
+def prediction_log_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="prediction_log_sensor",
+        job=monitoring_job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Runs the monitors when the serving log has published new files.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, driftloop: DriftloopResource):
+        directory = driftloop.settings().prediction_log_dir
+        files = [p for p in directory.glob("*.parquet") if not p.name.startswith(".")]
+        newest = max((p.stat().st_mtime_ns for p in files), default=0)
+        if newest <= int(context.cursor or 0):
+            return dg.SensorResult(skip_reason="no new prediction log files")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=f"log-{newest}")], cursor=str(newest)
+        )
+
+    return _sensor
+
+
+def drift_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.asset_sensor(
+        name="drift_sensor",
+        asset_key=dg.AssetKey("feature_drift_report"),
+        job=training_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retrains when the share of drifted features reaches the threshold.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        metadata = asset_event.asset_materialization.metadata
+        share = float(metadata["share_drifted"].value)
+        if share < settings.drift_share_threshold:
+            return dg.SensorResult(
+                skip_reason=f"drift share {share:.2f} below {settings.drift_share_threshold}"
+            )
+        columns = json.dumps(metadata["drifted_columns"].value)
+        reason = f"feature drift: share {share:.2f} ({columns})"
+        return _retrain_or_skip(context, settings, "drift", reason, f"drift-{asset_event.run_id}")
+
+    return _sensor
+
+
+def quality_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.asset_sensor(
+        name="quality_sensor",
+        asset_key=dg.AssetKey("live_model_quality"),
+        job=training_job,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retrains when the champion's live accuracy drops at a detected change.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
+        metadata = asset_event.asset_materialization.metadata
+        drop = metadata.get("quality_drop")
+        if drop is None or float(drop.value) < settings.quality_drop_threshold:
+            return dg.SensorResult(skip_reason="no quality drop beyond the threshold")
+        change = int(metadata["change_at_sample"].value)
+        reason = f"quality drop {float(drop.value):.3f} at labelled sample {change}"
+        return _retrain_or_skip(
+            context, settings, "quality", reason, f"quality-{asset_event.run_id}"
+        )
+
+    return _sensor
+
+
+@dg.run_failure_sensor(name="run_failure_alert", default_status=dg.DefaultSensorStatus.RUNNING)
+def run_failure_alert(context: dg.RunFailureSensorContext) -> None:
+    """Every failed run becomes an alert with its job and first error line."""
+    message = context.failure_event.message or "run failed"
+    notify(
+        "run_failure",
+        f"{context.dagster_run.job_name} run {context.dagster_run.run_id} failed",
+        {"error": message.splitlines()[0]},
+    )

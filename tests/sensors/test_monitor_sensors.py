@@ -1,0 +1,127 @@
+"""Monitoring assets on prepared serving logs, and the drift/quality sensors deciding."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from driftloop.registry import CHAMPION, Registry
+from driftloop.settings import Settings, load_settings
+from driftloop.simulate import DriftPlan, LoanStream
+from driftloop.training import TRUSTED_TYPES
+from pipelines.definitions import build_definitions
+from pipelines.launch import prepare_dagster_home
+from pipelines.monitor_sensors import drift_sensor, quality_sensor
+from pipelines.resources import TRIGGER_TAG
+from tests.conftest import FAST_ENV, land, train
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory: pytest.TempPathFactory):
+    """A trained home of its own (tests here write serving logs into it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DRIFTLOOP_HOME", str(tmp_path_factory.mktemp("monitored") / "home"))
+        patch.delenv("DAGSTER_HOME", raising=False)
+        for key, value in FAST_ENV.items():
+            patch.setenv(key, value)
+        settings = load_settings()
+        land(settings, rows=3000, batch_rows=3000)
+        assert train(settings).success
+        yield settings
+
+
+def write_log(settings: Settings, plan: DriftPlan, rows: int, name: str) -> None:
+    """Serving-log files as the serving app writes them: predictions, then feedback."""
+    frame = LoanStream(seed=11, plan=plan).take_frame(rows, "label")
+    registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
+    champion = registry.by_alias(CHAMPION)
+    model = registry.load_verified(champion.version, TRUSTED_TYPES)
+    features = frame.drop(columns=["label"])
+    probabilities = model.predict_proba(features)
+    now = datetime.now(UTC)
+    ids = [f"{name}-{i}" for i in range(rows)]
+    predictions = features.assign(
+        request_id=ids,
+        index=0,
+        at=[now - timedelta(seconds=(rows - i) / 10) for i in range(rows)],
+        model_version=champion.version,
+        route="champion",
+        key=None,
+        prediction=model.classes_[probabilities.argmax(axis=1)].astype(str),
+        probability=probabilities.max(axis=1),
+        latency_ms=1.0,
+    )
+    feedback = pd.DataFrame({"request_id": ids, "at": now, "label": frame["label"].astype(str)})
+    for directory, table in [
+        (settings.prediction_log_dir, predictions),
+        (settings.feedback_log_dir, feedback),
+    ]:
+        directory.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(directory / f"{name}.parquet", index=False)
+
+
+def run_monitors(settings: Settings, instance: dg.DagsterInstance) -> None:
+    job = build_definitions(settings).resolve_job_def("monitoring")
+    assert job.execute_in_process(instance=instance).success
+
+
+def evaluate(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor=None):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    return sensor.evaluate_tick(context)
+
+
+def clear_logs(settings: Settings) -> None:
+    for directory in (settings.prediction_log_dir, settings.feedback_log_dir):
+        for path in directory.glob("*.parquet"):
+            path.unlink()
+
+
+def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) -> None:
+    prepare_dagster_home(monitored)
+    with dg.DagsterInstance.get() as instance:
+        clear_logs(monitored)
+        write_log(monitored, DriftPlan(), 1000, "calm")
+        run_monitors(monitored, instance)
+        calm = evaluate(drift_sensor(monitored), instance)
+        assert calm.run_requests == [] and "below" in calm.skip_message
+
+        clear_logs(monitored)
+        write_log(monitored, DriftPlan(covariate_shift_at=0), 1000, "shifted")
+        run_monitors(monitored, instance)
+        drifted = evaluate(drift_sensor(monitored), instance, calm.cursor)
+        (request,) = drifted.run_requests
+        assert request.tags[TRIGGER_TAG] == "drift"
+        assert "salary" in request.tags["driftloop/trigger_reason"]
+        assert request.job_name in (None, "training")
+        assert drifted.cursor != calm.cursor
+
+        # The retrain it asked for has started: the same episode asks for nothing more.
+        job = build_definitions(monitored).resolve_job_def("training")
+        job.execute_in_process(instance=instance, tags=request.tags)
+        run_monitors(monitored, instance)
+        again = evaluate(drift_sensor(monitored), instance, drifted.cursor)
+        assert again.run_requests == [] and "cooldown" in again.skip_message
+
+
+def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) -> None:
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_COOLDOWN_S", "0")
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        clear_logs(settings)
+        write_log(settings, DriftPlan(concept_drift_at=1500, drift_function=1), 3000, "concept")
+        run_monitors(settings, instance)
+        materialization = instance.get_latest_materialization_event(
+            dg.AssetKey("live_model_quality")
+        ).asset_materialization
+        change = materialization.metadata["change_at_sample"].value
+        assert 1500 <= change < 2100
+        assert materialization.metadata["quality_drop"].value > 0.1
+        (request,) = evaluate(quality_sensor(settings), instance).run_requests
+        assert request.tags[TRIGGER_TAG] == "quality"
+        accuracy = materialization.metadata[
+            f"accuracy/v{materialization.metadata['champion_version'].value}"
+        ]
+        assert np.isfinite(accuracy.value)
