@@ -5,7 +5,7 @@ import dagster as dg
 from driftloop.data import TrainingSet, build_training_set
 from driftloop.hpo import SearchResult, run_search
 from driftloop.schema import load_schema
-from pipelines.resources import TRIGGER_TAG, DriftloopResource
+from pipelines.resources import TRIGGER_REASON_TAG, TRIGGER_TAG, DriftloopResource
 
 GROUP = "training"
 
@@ -118,5 +118,7 @@ def hpo_study(
 
 
 def trigger_of(context: dg.AssetExecutionContext) -> str:
-    """Why this run happened: set by the sensor, schedule or CLI that launched it."""
-    return context.run.tags.get(TRIGGER_TAG, "manual")
+    """Why this run happened, as set by the sensor, schedule or CLI that launched it."""
+    trigger = context.run.tags.get(TRIGGER_TAG, "manual")
+    reason = context.run.tags.get(TRIGGER_REASON_TAG)
+    return f"{trigger}: {reason}" if reason else trigger

@@ -9,7 +9,7 @@ import dagster as dg
 from driftloop.alerts import notify
 from driftloop.settings import Settings
 from pipelines.jobs import monitoring_job, training_job
-from pipelines.resources import TRIGGER_TAG, DriftloopResource
+from pipelines.resources import TRIGGER_REASON_TAG, TRIGGER_TAG, DriftloopResource
 
 MONITOR_TRIGGERS = ("drift", "quality")
 
@@ -44,7 +44,7 @@ def _retrain_or_skip(
         run_requests=[
             dg.RunRequest(
                 run_key=run_key,
-                tags={TRIGGER_TAG: trigger, "driftloop/trigger_reason": reason[:200]},
+                tags={TRIGGER_TAG: trigger, TRIGGER_REASON_TAG: reason[:200]},
             )
         ]
     )

@@ -12,7 +12,7 @@ from driftloop.settings import Settings, load_settings
 from driftloop.simulate import DriftPlan, LoanStream
 from driftloop.training import TRUSTED_TYPES
 from pipelines.definitions import build_definitions
-from pipelines.launch import prepare_dagster_home
+from pipelines.launch import ingest_pending, prepare_dagster_home
 from pipelines.monitor_sensors import drift_sensor, quality_sensor
 from pipelines.resources import TRIGGER_TAG
 from tests.conftest import FAST_ENV, land, train
@@ -97,9 +97,16 @@ def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) 
         assert request.job_name in (None, "training")
         assert drifted.cursor != calm.cursor
 
-        # The retrain it asked for has started: the same episode asks for nothing more.
+        # The retrain it asked for runs on newly landed data; its reason reaches the registry.
+        land(monitored, rows=600, batch_rows=600, seed=99)
+        ingest_pending(monitored, instance, lambda _: None)
         job = build_definitions(monitored).resolve_job_def("training")
-        job.execute_in_process(instance=instance, tags=request.tags)
+        retrain = job.execute_in_process(instance=instance, tags=request.tags)
+        candidate = retrain.output_for_node("candidate_model")
+        assert candidate.newly_registered
+        assert candidate.version.tags["driftloop.trigger"].startswith("drift: feature drift: share")
+
+        # That retrain started recently: the same episode asks for nothing more.
         run_monitors(monitored, instance)
         again = evaluate(drift_sensor(monitored), instance, drifted.cursor)
         assert again.run_requests == [] and "cooldown" in again.skip_message
