@@ -1,0 +1,525 @@
+"""The Ray Serve application: one ingress deployment that routes, batches and answers.
+
+Champion and challenger live in the same replica as the HTTP ingress: on a small machine
+every extra deployment hop costs more than the model call itself (see docs/benchmarks.md),
+and keeping both models in-process is what makes the alias swap a single assignment.
+Replicas scale out horizontally; each watches the registry on its own.
+"""
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+
+from driftloop.registry import CHALLENGER, CHAMPION, Registry, RegistryError, configure_tracking
+from driftloop.settings import Settings
+from serving.metrics import ServingMetrics
+from serving.model import LoadedModel, ModelRejected, ModelStore, frame_of
+from serving.prediction_log import (
+    FEEDBACK,
+    FEEDBACK_SCHEMA,
+    PREDICTIONS,
+    ParquetLog,
+    prediction_schema,
+)
+from serving.router import CHALLENGER_ROUTE, SHADOW_ROUTE, Route, RoutingConfig, choose_route
+from serving.schemas import (
+    FeedbackItem,
+    FeedbackResponse,
+    ModelState,
+    PredictResponse,
+    Readiness,
+    RoutingUpdate,
+    build_request_models,
+)
+
+logger = logging.getLogger("ray.serve")
+
+# One OpenMP/BLAS thread per replica: two replicas with default threads on two cores
+# oversubscribe and lose ~20x throughput (measured while planning, see the issue).
+PINNED_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# A replica must not hang in MLflow's HTTP retries when the server is down: fail fast and
+# keep serving what it has.
+MLFLOW_FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+class ServeArgs(BaseModel):
+    """Application arguments (the `args:` of serve_config.yaml); unset means from Settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    home: str | None = None
+    tracking_uri: str | None = None
+    model_name: str | None = None
+    num_replicas: int | None = Field(default=None, ge=1)
+    replica_cpus: float = Field(default=1.0, gt=0)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+    canary_weight: float | None = Field(default=None, ge=0, le=1)
+    shadow: bool = False
+    max_batch_rows: int | None = Field(default=None, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=1)
+    poll_interval_s: float | None = Field(default=None, gt=0)
+
+    def settings(self) -> Settings:
+        overrides = {"home": self.home, "tracking_uri": self.tracking_uri}
+        overrides["model_name"] = self.model_name
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+    def routing(self, settings: Settings) -> RoutingConfig:
+        weight = settings.canary_weight if self.canary_weight is None else self.canary_weight
+        return RoutingConfig(
+            canary_weight=weight,
+            shadow=self.shadow,
+            max_batch_rows=self.max_batch_rows or settings.serve_max_batch_rows,
+            batch_wait_timeout_s=self.batch_wait_timeout_s,
+        )
+
+
+@dataclasses.dataclass
+class PendingSwap:
+    version: str
+    seen_at: float
+
+
+@serve.deployment(name="driftloop")
+@serve.ingress()
+class ModelServer:
+    """Serves `@champion`, sends a share to `@challenger`, swaps both when aliases move."""
+
+    async def __init__(self, args: ServeArgs) -> None:
+        self.settings = args.settings()
+        configure_tracking(self.settings)
+        self.registry = Registry(self.settings.mlflow_tracking_uri, self.settings.model_name)
+        self.store = ModelStore(self.registry, self.settings.serving_dir)
+        self.metrics = ServingMetrics()
+        self.routing = args.routing(self.settings)
+        self.poll_interval_s = args.poll_interval_s or self.settings.serve_poll_interval_s
+        self.rng = random.Random()
+        self.pending: dict[str, PendingSwap] = {}
+        self.refused: set[tuple[str, str]] = set()
+        self.last_swap_ms: float | None = None
+        self.sync_lock = asyncio.Lock()
+        self.shadow_tasks: set[asyncio.Task[None]] = set()
+
+        self.champion: LoadedModel | None = None
+        self.challenger: LoadedModel | None = None
+        await self._start_models()
+        assert self.champion is not None
+        self.features = self.champion.features
+        self.request_models = build_request_models(self.features, self.settings.serve_max_instances)
+        writer = f"{_replica_id()}-{uuid.uuid4().hex[:6]}"
+        logs = self.settings.predictions_dir
+        window = self.settings.prediction_log_window_s
+        capacity = self.settings.prediction_log_capacity
+        self.prediction_log = ParquetLog(
+            logs / PREDICTIONS,
+            prediction_schema(self.features),
+            writer,
+            window,
+            capacity,
+            self.metrics.log_dropped.labels(PREDICTIONS).inc,
+        )
+        self.feedback_log = ParquetLog(
+            logs / FEEDBACK,
+            FEEDBACK_SCHEMA,
+            writer,
+            window,
+            capacity,
+            self.metrics.log_dropped.labels(FEEDBACK).inc,
+        )
+        self._apply_routing(self.routing)
+        self.watcher = asyncio.create_task(self._watch())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A new `user_config` (serve deploy): routing changes in place, no restart."""
+        self._apply_routing(RoutingConfig.model_validate(user_config))
+
+    def __del__(self) -> None:
+        if hasattr(self, "watcher"):
+            self.watcher.cancel()
+        for log in (getattr(self, "prediction_log", None), getattr(self, "feedback_log", None)):
+            if log is not None:
+                log.close()
+
+    # --- model lifecycle -----------------------------------------------------------------
+
+    async def _start_models(self) -> None:
+        """Champion from the registry, else the last good copy on disk; never neither."""
+        for alias in (CHAMPION, CHALLENGER):
+            try:
+                info = await asyncio.to_thread(self.registry.by_alias, alias)
+            except Exception as error:  # unreachable registry: any client error
+                self._alert("registry_unreachable", f"@{alias}: {error}")
+                model = await asyncio.to_thread(self.store.load_cached, alias)
+            else:
+                model = None
+                if info is not None:
+                    model = await self._load(alias, info)
+                if model is None and (info is not None or alias == CHAMPION):
+                    model = await asyncio.to_thread(self.store.load_cached, alias)
+            setattr(self, alias, model)
+        if self.champion is None:
+            raise RuntimeError(
+                f"model {self.settings.model_name!r} has no @champion in the registry or in "
+                f"{self.settings.serving_dir}; train one first"
+            )
+
+    async def _load(self, alias: str, info: Any) -> LoadedModel | None:
+        """Load a version for `alias`, reusing the other slot's copy; None if refused."""
+        for loaded in (self.champion, self.challenger):
+            if loaded is not None and (loaded.version, loaded.sha256) == (
+                info.version,
+                info.sha256,
+            ):
+                return dataclasses.replace(loaded, alias=alias)
+        try:
+            model = await asyncio.to_thread(self.store.load, alias, info)
+        except (ModelRejected, RegistryError, ValueError, OSError) as error:
+            self.refused.add((alias, info.version))
+            self.metrics.swaps.labels(alias, "refused").inc()
+            self._alert("model_refused", f"@{alias} v{info.version}: {error}")
+            return None
+        features = getattr(self, "features", model.features)
+        if model.features != features:
+            self.refused.add((alias, info.version))
+            self._alert("signature_changed", f"@{alias} v{info.version}: redeploy to serve it")
+            return None
+        return model
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                await self.sync()
+            except Exception:  # the watcher must outlive any single failure
+                logger.exception("registry sync failed")
+
+    async def sync(self) -> None:
+        """Bring both slots in line with the registry's aliases; old models serve meanwhile."""
+        async with self.sync_lock:
+            for alias in (CHAMPION, CHALLENGER):
+                try:
+                    info = await asyncio.to_thread(self.registry.by_alias, alias)
+                except Exception as error:  # unreachable registry: keep serving what we have
+                    logger.warning("registry unreachable, serving loaded models: %s", error)
+                    return
+                current: LoadedModel | None = getattr(self, alias)
+                if info is None:
+                    if alias == CHALLENGER and current is not None:
+                        self.challenger = None
+                        self.store.forget(CHALLENGER)
+                    continue
+                if current is not None and (current.version, current.sha256) == (
+                    info.version,
+                    info.sha256,
+                ):
+                    continue
+                if (alias, info.version) in self.refused:
+                    continue
+                seen_at = time.perf_counter()
+                model = await self._load(alias, info)
+                if model is None:
+                    continue
+                setattr(self, alias, model)  # the swap: requests routed after this use it
+                self.pending[alias] = PendingSwap(model.version, seen_at)
+                self.metrics.swaps.labels(alias, "loaded").inc()
+                logger.info("@%s now serves v%s", alias, model.version)
+
+    def _alert(self, kind: str, message: str) -> None:
+        """An event a person must see: counted, logged, and appended to events.jsonl."""
+        self.metrics.alerts.labels(kind).inc()
+        logger.error("serving alert %s: %s", kind, message)
+        event = {"at": datetime.now(UTC).isoformat(), "kind": kind, "message": message}
+        try:
+            self.settings.serving_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.settings.serving_dir / "events.jsonl", "a") as out:
+                out.write(json.dumps(event) + "\n")
+        except OSError:
+            logger.exception("could not record the alert")
+
+    def _apply_routing(self, routing: RoutingConfig) -> None:
+        self.routing = routing
+        self.metrics.canary_weight.set(routing.canary_weight)
+        self.metrics.shadow.set(1 if routing.shadow else 0)
+        self._infer.set_max_batch_size(routing.max_batch_rows)
+        self._infer.set_batch_wait_timeout_s(routing.batch_wait_timeout_s)
+
+    # --- the hot path --------------------------------------------------------------------
+
+    @serve.batch(
+        max_batch_size=256,
+        batch_wait_timeout_s=0.0,
+        batch_size_fn=lambda b: sum(len(rows) for _, rows in b),
+    )
+    async def _infer(
+        self, items: list[tuple[LoadedModel, list[dict[str, Any]]]]
+    ) -> list[tuple[list[Any], Any]]:
+        """One model call per model for everything queued since the last call.
+
+        No wait when idle (timeout 0): batches form from requests that arrived while the
+        previous call ran, so a lone request pays nothing and a busy replica batches.
+        """
+        return await asyncio.to_thread(self._infer_now, items)
+
+    def _infer_now(
+        self, items: list[tuple[LoadedModel, list[dict[str, Any]]]]
+    ) -> list[tuple[list[Any], Any]]:
+        results: list[tuple[list[Any], Any] | None] = [None] * len(items)
+        by_model: dict[int, list[int]] = {}
+        for position, (model, _) in enumerate(items):
+            by_model.setdefault(id(model), []).append(position)
+        for positions in by_model.values():
+            model = items[positions[0]][0]
+            rows = [row for p in positions for row in items[p][1]]
+            self.metrics.batch_rows.observe(len(rows))
+            labels, probabilities = model.predict(frame_of(rows, self.features))
+            start = 0
+            for p in positions:
+                end = start + len(items[p][1])
+                results[p] = (labels[start:end], probabilities[start:end])
+                start = end
+        return results  # type: ignore[return-value]
+
+    async def predict(self, instances: list[BaseModel]) -> Response:
+        started = time.perf_counter()
+        key = next((i.key for i in instances if i.key is not None), None)  # type: ignore[attr-defined]
+        champion, challenger = self.champion, self.challenger
+        assert champion is not None
+        route = choose_route(key, self.routing, challenger is not None, self.rng)
+        model = challenger if route == CHALLENGER_ROUTE and challenger is not None else champion
+        rows = [i.__dict__ for i in instances]
+        labels, probabilities = await self._infer((model, rows))
+        request_id = uuid.uuid4().hex
+        body = {
+            "predictions": labels,
+            "probabilities": probabilities.tolist(),
+            "model_version": model.version,
+            "request_id": request_id,
+        }
+        response = Response(
+            json.dumps(body).encode(),
+            media_type="application/json",
+            headers={"X-Model-Version": model.version},
+        )
+        elapsed = time.perf_counter() - started
+        self._observe(model, route, elapsed)
+        self._log(request_id, model, route, key, rows, labels, probabilities, elapsed)
+        if self.routing.shadow and challenger is not None and route != CHALLENGER_ROUTE:
+            task = asyncio.create_task(self._shadow(challenger, request_id, key, rows))
+            self.shadow_tasks.add(task)  # a task nobody references can vanish mid-flight
+            task.add_done_callback(self.shadow_tasks.discard)
+        return response
+
+    async def _shadow(
+        self, challenger: LoadedModel, request_id: str, key: str | None, rows: list[dict]
+    ) -> None:
+        """The challenger's answer to the same request, logged only."""
+        started = time.perf_counter()
+        try:
+            labels, probabilities = await self._infer((challenger, rows))
+        except Exception:  # a failing challenger must never affect the champion's answers
+            logger.exception("shadow prediction failed")
+            return
+        elapsed = time.perf_counter() - started
+        self._observe(challenger, SHADOW_ROUTE, elapsed)
+        self._log(request_id, challenger, SHADOW_ROUTE, key, rows, labels, probabilities, elapsed)
+
+    def _observe(self, model: LoadedModel, route: Route, elapsed: float) -> None:
+        self.metrics.requests.labels(model.version, route, "200").inc()
+        self.metrics.latency.labels(model.version, route, "200").observe(elapsed)
+        pending = self.pending.get(model.alias)
+        if pending is not None and pending.version == model.version:
+            del self.pending[model.alias]
+            self.last_swap_ms = (time.perf_counter() - pending.seen_at) * 1000
+            self.metrics.swap_seconds.set(self.last_swap_ms / 1000)
+
+    def _log(
+        self,
+        request_id: str,
+        model: LoadedModel,
+        route: Route,
+        key: str | None,
+        rows: list[dict[str, Any]],
+        labels: list[Any],
+        probabilities: Any,
+        elapsed: float,
+    ) -> None:
+        at = datetime.now(UTC)
+        top = probabilities.max(axis=1).tolist()
+        common = {
+            "request_id": request_id,
+            "at": at,
+            "model_version": model.version,
+            "route": route,
+            "key": key,
+            "latency_ms": elapsed * 1000,
+        }
+        self.prediction_log.append(
+            [
+                {**common, **row, "index": i, "prediction": str(label), "probability": p}
+                for i, (row, label, p) in enumerate(zip(rows, labels, top, strict=True))
+            ]
+        )
+
+    def feedback(self, items: list[FeedbackItem]) -> FeedbackResponse:
+        at = datetime.now(UTC)
+        self.feedback_log.append(
+            [{"request_id": i.request_id, "at": at, "label": str(i.label)} for i in items]
+        )
+        return FeedbackResponse(accepted=len(items))
+
+    def readiness(self) -> Readiness:
+        return Readiness(
+            ready=self.champion is not None,
+            detail="serving" if self.champion is not None else "no champion loaded",
+            champion=_state(self.champion),
+            challenger=_state(self.challenger),
+            canary_weight=self.routing.canary_weight,
+            shadow=self.routing.shadow,
+            last_swap_ms=self.last_swap_ms,
+        )
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """The FastAPI app, typed by the champion's signature (known only once loaded)."""
+        return build_api(self)
+
+
+def build_api(server: ModelServer) -> FastAPI:
+    """Routes over one `ModelServer`; every body is a pydantic model, every error a 4xx."""
+    api = FastAPI(
+        title="driftloop serving",
+        description="KServe V1 predictions from the MLflow registry's @champion.",
+        version="1",
+    )
+    predict_model = server.request_models.predict
+    max_instances = server.settings.serve_max_instances
+    name = server.settings.model_name
+    admin_key = server.settings.admin_api_key
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> Response:
+        problems = error.errors()
+        # A batch over the maximum is a size problem (413), not a malformed request (422).
+        for problem in problems:
+            if problem.get("type") == "too_long" and tuple(problem.get("loc", ()))[:2] in {
+                ("body", "instances"),
+                ("body",),
+            }:
+                return JSONResponse(
+                    {"detail": f"at most {max_instances} instances per request"}, status_code=413
+                )
+        # Without the offending input: it may be NaN (not JSON) or large, and is the caller's.
+        detail = [{k: p[k] for k in ("type", "loc", "msg") if k in p} for p in problems]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    def require_admin(x_api_key: Annotated[str | None, Header()] = None) -> None:
+        if admin_key is None:
+            raise HTTPException(403, "admin endpoints are off: DRIFTLOOP_ADMIN_API_KEY is unset")
+        if x_api_key is None:
+            raise HTTPException(401, "missing X-API-Key header")
+        if not hmac.compare_digest(x_api_key.encode(), admin_key.get_secret_value().encode()):
+            raise HTTPException(403, "wrong API key")
+
+    admin = [Depends(require_admin)]
+
+    @api.post(
+        "/v1/models/{model}:predict",
+        response_model=PredictResponse,
+        responses={404: {"description": "unknown model"}, 413: {"description": "too many"}},
+    )
+    async def predict(model: str, body: predict_model) -> Response:  # type: ignore[valid-type]
+        if model != name:
+            raise HTTPException(404, f"no model named {model!r}; this server serves {name!r}")
+        return await server.predict(body.instances)  # type: ignore[attr-defined]
+
+    @api.post("/v1/feedback")
+    def feedback(body: FeedbackItem | list[FeedbackItem]) -> FeedbackResponse:
+        items = body if isinstance(body, list) else [body]
+        if not items:
+            raise HTTPException(422, "no feedback items")
+        if len(items) > max_instances:
+            raise HTTPException(413, f"at most {max_instances} feedback items per request")
+        return server.feedback(items)
+
+    @api.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    def readyz() -> Response:
+        state = server.readiness()
+        return JSONResponse(state.model_dump(), status_code=200 if state.ready else 503)
+
+    @api.get("/metrics")
+    def metrics() -> Response:
+        return Response(server.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @api.post("/admin/routing", dependencies=admin)
+    def set_routing(update: RoutingUpdate) -> Readiness:
+        changes = update.model_dump(exclude_none=True)
+        server._apply_routing(server.routing.model_copy(update=changes))
+        return server.readiness()
+
+    @api.post("/admin/reload", dependencies=admin)
+    async def reload() -> Readiness:
+        server.refused.clear()  # a person asked: try refused versions again
+        await server.sync()
+        return server.readiness()
+
+    @api.post("/admin/rollback", dependencies=admin)
+    async def rollback() -> Readiness:
+        try:
+            await asyncio.to_thread(server.registry.rollback)
+        except RegistryError as error:
+            raise HTTPException(409, str(error)) from error
+        except Exception as error:  # registry down: say so instead of a 500
+            raise HTTPException(503, f"registry unreachable: {error}") from error
+        await server.sync()
+        return server.readiness()
+
+    return api
+
+
+def _state(model: LoadedModel | None) -> ModelState | None:
+    if model is None:
+        return None
+    return ModelState(
+        alias=model.alias, version=model.version, sha256=model.sha256, source=model.source
+    )
+
+
+def _replica_id() -> str:
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a replica (unit use): any stable-enough name will do
+        return "local"
+
+
+def build_app(args: ServeArgs) -> Application:
+    """The application for `serve.run` or `serve deploy` (import path `serving.app:build_app`)."""
+    settings = args.settings()
+    return ModelServer.options(
+        num_replicas=args.num_replicas or settings.serve_replicas,
+        max_ongoing_requests=args.max_ongoing_requests,
+        user_config=args.routing(settings).model_dump(),
+        ray_actor_options={
+            "num_cpus": args.replica_cpus,
+            "runtime_env": {"env_vars": {**PINNED_THREADS, **MLFLOW_FAST_FAIL}},
+        },
+    ).bind(args)

@@ -1,0 +1,188 @@
+"""Loading a registered version for serving: verified, warmed up, and kept on local disk.
+
+A version is only served after its artifact's SHA-256 matches the registry tag, it loads
+with the skops allow-list, and it answers its own input example with finite probabilities.
+Every verified artifact is copied under `DRIFTLOOP_HOME/serving/models/` and the last good
+version per alias is recorded, so a replica starts and keeps serving while MLflow is down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from mlflow.models import Model
+
+from driftloop.registry import (
+    MODEL_FILE,
+    ArtifactIntegrityError,
+    Registry,
+    VersionInfo,
+    directory_sha256,
+)
+from driftloop.training import TRUSTED_TYPES
+from serving.schemas import FeatureField, features_from_signature
+
+logger = logging.getLogger(__name__)
+
+Source = Literal["registry", "cache"]
+
+
+class ModelRejected(Exception):
+    """A version that must not take traffic; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pipeline ready for traffic, with what requests and logs need to know about it."""
+
+    alias: str
+    version: str
+    sha256: str
+    source: Source
+    pipeline: Any
+    features: tuple[FeatureField, ...]
+    classes: tuple[Any, ...]
+
+    def predict(self, frame: pd.DataFrame) -> tuple[list[Any], np.ndarray]:
+        """Labels and class probabilities for each row, from one `predict_proba` call."""
+        probabilities = self.pipeline.predict_proba(frame)
+        labels = [self.classes[i] for i in probabilities.argmax(axis=1)]
+        return labels, probabilities
+
+
+def frame_of(rows: list[dict[str, Any]], features: tuple[FeatureField, ...]) -> pd.DataFrame:
+    """Columns in signature order, built column-wise (faster than from_records)."""
+    return pd.DataFrame({f.name: [row[f.name] for row in rows] for f in features})
+
+
+class ModelStore:
+    """Resolves aliases in the registry and keeps verified copies on local disk."""
+
+    def __init__(self, registry: Registry, cache_dir: Path) -> None:
+        self.registry = registry
+        self.cache_dir = cache_dir
+        self.models_dir = cache_dir / "models"
+        self.last_good_path = cache_dir / "last_good.json"
+
+    def load(self, alias: str, info: VersionInfo) -> LoadedModel:
+        """Download, verify the digest, copy to the local cache, load and warm up."""
+        if info.sha256 is None:
+            raise ModelRejected(f"version {info.version} has no sha256 tag")
+        with tempfile.TemporaryDirectory(dir=self._tmp_root()) as tmp:
+            local = self.registry.download(info.version, Path(tmp) / "download")
+            actual = directory_sha256(local)
+            if actual != info.sha256:
+                raise ArtifactIntegrityError(
+                    f"version {info.version} artifact digest {actual[:12]}… does not match "
+                    f"the registered {info.sha256[:12]}…; refusing to load it"
+                )
+            cached = self._keep(info.version, info.sha256, local)
+        model = _open(alias, info.version, info.sha256, "registry", cached)
+        self._remember(alias, model)
+        return model
+
+    def load_cached(self, alias: str) -> LoadedModel | None:
+        """The last good version for `alias` from local disk, re-verified; None if absent."""
+        entry = self._last_good().get(alias)
+        if entry is None:
+            return None
+        directory = self._version_dir(entry["version"], entry["sha256"])
+        if not directory.exists() or directory_sha256(directory) != entry["sha256"]:
+            raise ArtifactIntegrityError(
+                f"the cached copy of version {entry['version']} is missing or altered"
+            )
+        return _open(alias, entry["version"], entry["sha256"], "cache", directory)
+
+    def forget(self, alias: str) -> None:
+        """The alias is gone from the registry: do not bring it back from the cache."""
+        last_good = self._last_good()
+        if last_good.pop(alias, None) is not None:
+            self._write_last_good(last_good)
+
+    def _keep(self, version: str, sha256: str, local: Path) -> Path:
+        target = self._version_dir(version, sha256)
+        if target.exists():
+            return target
+        staging = Path(tempfile.mkdtemp(dir=self._tmp_root()))
+        shutil.copytree(local, staging, dirs_exist_ok=True)
+        try:
+            staging.rename(target)  # atomic: replicas sharing the disk never see half a copy
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not target.exists():
+                raise
+        return target
+
+    def _version_dir(self, version: str, sha256: str) -> Path:
+        return self.models_dir / f"v{version}-{sha256[:16]}"
+
+    def _tmp_root(self) -> Path:
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        return self.models_dir
+
+    def _last_good(self) -> dict[str, dict[str, str]]:
+        try:
+            return json.loads(self.last_good_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _remember(self, alias: str, model: LoadedModel) -> None:
+        last_good = self._last_good()
+        last_good[alias] = {"version": model.version, "sha256": model.sha256}
+        self._write_last_good(last_good)
+
+    def _write_last_good(self, content: dict[str, dict[str, str]]) -> None:
+        tmp = self.last_good_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(content, indent=2))
+        os.replace(tmp, self.last_good_path)
+
+
+def _open(alias: str, version: str, sha256: str, source: Source, directory: Path) -> LoadedModel:
+    """Load with the skops allow-list and refuse a model that fails its own input example."""
+    import skops.io
+
+    started = time.perf_counter()
+    metadata = Model.load(str(directory))
+    features = features_from_signature(metadata.signature)
+    pipeline = skops.io.load(directory / MODEL_FILE, trusted=TRUSTED_TYPES)
+    model = LoadedModel(
+        alias=alias,
+        version=version,
+        sha256=sha256,
+        source=source,
+        pipeline=pipeline,
+        features=features,
+        classes=tuple(_python(c) for c in pipeline.classes_),
+    )
+    example = metadata.load_input_example(str(directory))
+    if not isinstance(example, pd.DataFrame) or example.empty:
+        raise ModelRejected(f"version {version} has no input example to warm up on")
+    example = example[[f.name for f in features]]
+    for _ in range(3):  # the first calls pay for lazy imports and allocations
+        _, probabilities = model.predict(example)
+    if probabilities.shape != (len(example), len(model.classes)) or not np.all(
+        np.isfinite(probabilities)
+    ):
+        raise ModelRejected(f"version {version} gives invalid probabilities on its example")
+    logger.info(
+        "loaded @%s v%s from %s in %.0f ms",
+        alias,
+        version,
+        source,
+        (time.perf_counter() - started) * 1000,
+    )
+    return model
+
+
+def _python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

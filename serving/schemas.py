@@ -1,0 +1,125 @@
+"""Request and response models; the instance model is built from the model signature.
+
+The signature of the version being served decides the fields, so the OpenAPI schema, the
+422s and the DataFrame handed to the pipeline always agree with what was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model
+
+FeatureType = Literal["int", "float", "str", "bool"]
+Label = StrictInt | StrictFloat | str | StrictBool
+
+# MLflow ColSpec types to ours; anything else is refused at start-up, not at request time.
+_MLFLOW_TYPES: dict[str, FeatureType] = {
+    "integer": "int",
+    "long": "int",
+    "float": "float",
+    "double": "float",
+    "string": "str",
+    "boolean": "bool",
+}
+_ANNOTATIONS: dict[FeatureType, Any] = {
+    "int": StrictInt,
+    # JSON has one number type: an integer literal is a valid float, NaN and inf are not.
+    "float": Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)],
+    "str": Annotated[str, Field(min_length=0, max_length=256)],
+    "bool": StrictBool,
+}
+
+
+@dataclass(frozen=True)
+class FeatureField:
+    name: str
+    type: FeatureType
+
+
+def features_from_signature(signature: Any) -> tuple[FeatureField, ...]:
+    """The model's input columns in order, from an `mlflow.models.ModelSignature`."""
+    if signature is None or signature.inputs is None:
+        raise ValueError("the model version has no input signature; it cannot be served")
+    fields = []
+    for spec in signature.inputs.to_dict():
+        kind = _MLFLOW_TYPES.get(str(spec.get("type")))
+        if kind is None or "name" not in spec:
+            raise ValueError(f"unsupported signature column {spec}")
+        fields.append(FeatureField(spec["name"], kind))
+    return tuple(fields)
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The pydantic classes one deployment validates with."""
+
+    instance: type[BaseModel]
+    predict: type[BaseModel]
+
+
+def build_request_models(features: tuple[FeatureField, ...], max_instances: int) -> RequestModels:
+    """Strict per-feature types, unknown fields refused, an optional routing `key`."""
+    definitions: dict[str, Any] = {f.name: (_ANNOTATIONS[f.type], ...) for f in features}
+    if "key" in definitions:
+        raise ValueError("a feature named 'key' would collide with the routing key")
+    definitions["key"] = (
+        str | None,
+        Field(default=None, max_length=256, description="Makes canary routing sticky."),
+    )
+    instance = create_model(
+        "Instance", __config__=ConfigDict(extra="forbid", frozen=True), **definitions
+    )
+    predict = create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
+        instances=(list[instance], Field(min_length=1, max_length=max_instances)),  # type: ignore[valid-type]
+    )
+    return RequestModels(instance=instance, predict=predict)
+
+
+class PredictResponse(BaseModel):
+    """KServe V1 answer, plus class probabilities and the ids feedback refers to."""
+
+    predictions: list[Label]
+    probabilities: list[list[float]]
+    model_version: str
+    request_id: str
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    label: Label
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+
+
+class RoutingUpdate(BaseModel):
+    """An admin change of routing; a field left out keeps its value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    canary_weight: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    shadow: bool | None = None
+
+
+class ModelState(BaseModel):
+    alias: str
+    version: str
+    sha256: str
+    source: Literal["registry", "cache"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    detail: str
+    champion: ModelState | None = None
+    challenger: ModelState | None = None
+    canary_weight: float
+    shadow: bool
+    last_swap_ms: float | None = None

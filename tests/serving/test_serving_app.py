@@ -1,0 +1,295 @@
+"""The serving application over real HTTP: routing, validation, logging, swaps, failures.
+
+One Serve application for the module (starting Ray costs ~30 s here); tests run in file
+order and each leaves the aliases and routing as it found them.
+"""
+
+import asyncio
+import json
+import math
+import time
+from collections import Counter
+
+import httpx
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from ray import serve
+
+from driftloop.registry import CHALLENGER, CHAMPION
+from serving.app import ServeArgs, build_app
+from serving.launch import APP_NAME
+from tests.serving.conftest import ADMIN_KEY, Served, artifact_file
+
+pytestmark = pytest.mark.slow
+
+PREDICT = "/v1/models/driftloop:predict"
+ADMIN = {"X-API-Key": ADMIN_KEY}
+INSTANCE = {
+    "salary": 52_000.0,
+    "commission": 10_000.0,
+    "age": 41,
+    "elevel": 2,
+    "car": 3,
+    "zipcode": 4,
+    "hvalue": 150_000,
+    "hyears": 12,
+    "loan": 200_000.0,
+}
+
+
+def routing(client: httpx.Client, **change: object) -> dict:
+    response = client.post("/admin/routing", json=change, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def served_requests(client: httpx.Client) -> float:
+    """Predictions answered so far, from the replica's own Prometheus counter."""
+    text = client.get("/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("driftloop_requests_total{")
+    )
+
+
+async def hammer(url: str, stop: asyncio.Event, concurrency: int = 8) -> list[tuple[int, str]]:
+    """Keyless single-instance requests at fixed concurrency until `stop`; (status, version)."""
+    seen: list[tuple[int, str]] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def worker() -> None:
+            while not stop.is_set():
+                try:
+                    r = await client.post(PREDICT, json={"instances": [INSTANCE]})
+                    seen.append((r.status_code, r.headers.get("x-model-version", "")))
+                except httpx.HTTPError as error:
+                    seen.append((0, repr(error)))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return seen
+
+
+async def swap_under_load(served: Served, change) -> tuple[list[tuple[int, str]], float]:
+    """Run `change()` (an alias move) under load; returns the answers and its wall time."""
+    stop = asyncio.Event()
+    load = asyncio.create_task(hammer(served.url, stop))
+    await asyncio.sleep(1.0)
+    started = time.perf_counter()
+    await asyncio.to_thread(change)
+    await asyncio.sleep(2.0)
+    stop.set()
+    return await load, time.perf_counter() - started
+
+
+def test_champion_answers_in_kserve_shape(served: Served) -> None:
+    with served.client() as client:
+        assert client.get("/healthz").json() == {"status": "alive"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["champion"]["version"] == served.champion
+        assert ready.json()["challenger"]["version"] == served.challenger
+
+        response = client.post(PREDICT, json={"instances": [INSTANCE, INSTANCE]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["x-model-version"] == body["model_version"] == served.champion
+    assert len(body["predictions"]) == len(body["probabilities"]) == 2
+    assert all(math.isclose(sum(p), 1.0) for p in body["probabilities"])
+    assert len(body["request_id"]) == 32
+
+
+BAD_BODIES = {
+    "wrong type": (json.dumps({"instances": [{**INSTANCE, "age": "forty"}]}), 422, "age"),
+    "missing field": (
+        json.dumps({"instances": [{k: v for k, v in INSTANCE.items() if k != "loan"}]}),
+        422,
+        "loan",
+    ),
+    "unknown field": (json.dumps({"instances": [{**INSTANCE, "colour": 1}]}), 422, "colour"),
+    "NaN": (json.dumps({"instances": [{**INSTANCE, "salary": float("nan")}]}), 422, "salary"),
+    "inf": (json.dumps({"instances": [{**INSTANCE, "loan": float("inf")}]}), 422, "loan"),
+    "empty instances": (json.dumps({"instances": []}), 422, "instances"),
+    "no instances": (json.dumps({"rows": [INSTANCE]}), 422, "instances"),
+    "too many": (json.dumps({"instances": [INSTANCE] * 1001}), 413, "1000"),
+    "malformed JSON": ('{"instances": [', 422, "json"),
+    "not an object": ("[1, 2]", 422, "body"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BODIES, ids=list(BAD_BODIES))
+def test_bad_input_is_a_4xx_naming_the_problem(served: Served, case: str) -> None:
+    body, status, named = BAD_BODIES[case]
+    with served.client() as client:
+        before = served_requests(client)
+        response = client.post(
+            PREDICT, content=body.encode(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == status, response.text
+        assert named.lower() in response.text.lower()
+        assert served_requests(client) == before  # nothing answered, nothing logged
+        assert client.get("/readyz").status_code == 200  # the replica is still there
+
+
+def test_unknown_model_is_a_404(served: Served) -> None:
+    with served.client() as client:
+        response = client.post("/v1/models/other:predict", json={"instances": [INSTANCE]})
+    assert response.status_code == 404
+    assert "other" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"), [({}, 401), ({"X-API-Key": "wrong"}, 403), (ADMIN, 200)]
+)
+def test_admin_endpoints_refuse_bad_keys(served: Served, headers: dict, status: int) -> None:
+    with served.client() as client:
+        for path, body in (("/admin/routing", {}), ("/admin/reload", None)):
+            response = client.post(path, json=body, headers=headers)
+            assert response.status_code == status, (path, response.text)
+
+
+def test_canary_share_and_sticky_keys(served: Served) -> None:
+    with served.client() as client:
+        routing(client, canary_weight=0.2)
+        try:
+
+            async def keyless() -> list[str]:
+                async with httpx.AsyncClient(base_url=served.url, timeout=30) as aclient:
+                    gate = asyncio.Semaphore(16)
+
+                    async def one() -> str:
+                        async with gate:
+                            r = await aclient.post(PREDICT, json={"instances": [INSTANCE]})
+                            assert r.status_code == 200
+                            return r.headers["x-model-version"]
+
+                    return await asyncio.gather(*(one() for _ in range(1000)))
+
+            versions = Counter(asyncio.run(keyless()))
+            assert 160 <= versions[served.challenger] <= 240, versions
+
+            by_key: dict[str, set[str]] = {}
+            for i in range(60):
+                for _ in range(3):
+                    body = {"instances": [{**INSTANCE, "key": f"customer-{i}"}]}
+                    r = client.post(PREDICT, json=body)
+                    by_key.setdefault(f"customer-{i}", set()).add(r.headers["x-model-version"])
+            assert all(len(v) == 1 for v in by_key.values()), by_key
+            assert {v for s in by_key.values() for v in s} == {served.champion, served.challenger}
+        finally:
+            routing(client, canary_weight=0.0)
+
+
+def read_log(served: Served, kind: str) -> pd.DataFrame:
+    """Published log files (the window is 2 s in tests; wait for the current one to close)."""
+    time.sleep(3.5)
+    files = sorted((served.settings.predictions_dir / kind).glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def test_shadow_answers_with_champion_and_logs_both(served: Served) -> None:
+    with served.client() as client:
+        routing(client, canary_weight=0.5, shadow=True)
+        try:
+            ids = []
+            for i in range(20):
+                r = client.post(PREDICT, json={"instances": [{**INSTANCE, "key": f"s{i}"}]})
+                assert r.headers["x-model-version"] == served.champion
+                ids.append(r.json()["request_id"])
+        finally:
+            routing(client, canary_weight=0.0, shadow=False)
+    log = read_log(served, "predictions")
+    mine = log[log.request_id.isin(ids)]
+    routes = mine.groupby("request_id").route.apply(frozenset)
+    assert len(routes) == 20 and set(routes) == {frozenset({"champion", "shadow"})}
+    shadow = mine[mine.route == "shadow"]
+    assert set(shadow.model_version) == {served.challenger}
+    assert {"salary", "probability", "latency_ms", "at", "prediction"} <= set(log.columns)
+
+
+def test_feedback_is_logged(served: Served) -> None:
+    with served.client() as client:
+        one = client.post("/v1/feedback", json={"request_id": "r-1", "label": 1})
+        pair = [{"request_id": "r-2", "label": 0}, {"request_id": "r-3", "label": 1}]
+        many = client.post("/v1/feedback", json=pair)
+        bad = client.post("/v1/feedback", json={"request_id": "r-4"})
+    assert (one.json(), many.json()) == ({"accepted": 1}, {"accepted": 2})
+    assert bad.status_code == 422
+    log = read_log(served, "feedback")
+    assert {"r-1", "r-2", "r-3"} <= set(log.request_id)
+
+
+def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
+    """Promote the challenger, then roll back through the admin endpoint, both under load."""
+    answers, _ = asyncio.run(swap_under_load(served, lambda: served.registry.promote("2")))
+    assert {status for status, _ in answers} == {200}
+    versions = [v for _, v in answers]
+    assert versions[0] == served.champion and versions[-1] == served.challenger
+
+    with served.client() as client:
+        assert client.get("/readyz").json()["last_swap_ms"] < 1000
+        answers, _ = asyncio.run(
+            swap_under_load(
+                served, lambda: client.post("/admin/rollback", headers=ADMIN).raise_for_status()
+            )
+        )
+        assert {status for status, _ in answers} == {200}
+        assert answers[-1][1] == served.champion
+        ready = client.get("/readyz").json()
+    assert ready["champion"]["version"] == served.champion
+    assert served.registry.by_alias(CHAMPION).version == served.champion
+
+
+def test_tampered_artifact_is_refused_and_old_version_keeps_answering(served: Served) -> None:
+    model_file = artifact_file(served.settings, served.registry, served.challenger)
+    original = model_file.read_bytes()
+    model_file.write_bytes(original + b"tampered")
+    try:
+        served.registry.promote(served.challenger)
+        with served.client() as client:
+            ready = client.post("/admin/reload", headers=ADMIN).json()
+            assert ready["champion"]["version"] == served.champion
+            r = client.post(PREDICT, json={"instances": [INSTANCE]})
+            assert r.status_code == 200 and r.headers["x-model-version"] == served.champion
+            assert (
+                'driftloop_serving_alerts_total{kind="model_refused"}'
+                in client.get("/metrics").text
+            )
+        events = (served.settings.serving_dir / "events.jsonl").read_text()
+        assert "does not match the registered" in events
+    finally:
+        model_file.write_bytes(original)
+        served.registry.rollback()
+        served.registry.set_alias(CHALLENGER, served.challenger)
+
+
+def test_openapi_fuzzing_finds_no_server_error(served: Served) -> None:
+    import schemathesis
+
+    schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
+    for path in ("/v1/models/{model}:predict", "/v1/feedback"):
+        operation = schema[path]["POST"]
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def fuzz(case) -> None:
+            response = case.call(base_url=served.url)
+            assert response.status_code < 500, (case.body, response.text)
+
+        fuzz()
+
+
+def test_mlflow_unreachable_still_serves_from_local_copy(served: Served) -> None:
+    """Redeploy pointing at a dead tracking server: the replica starts from its disk copy."""
+    dead = ServeArgs(
+        home=str(served.settings.home), tracking_uri="http://127.0.0.1:9", poll_interval_s=0.2
+    )
+    serve.run(build_app(dead), name=APP_NAME, route_prefix="/")
+    with served.client() as client:
+        ready = client.get("/readyz").json()
+        assert ready["champion"] == {**ready["champion"], "source": "cache"}
+        assert ready["champion"]["version"] == served.champion
+        time.sleep(1)  # a few failed registry polls
+        r = client.post(PREDICT, json={"instances": [INSTANCE]})
+        assert r.status_code == 200 and r.headers["x-model-version"] == served.champion
