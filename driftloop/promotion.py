@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from driftloop.registry import TAG_DECISION, Registry
+from driftloop.registry import CHALLENGER, TAG_DECISION, Registry
 from driftloop.training import Evaluation
+
+Policy = Literal["auto", "manual", "canary"]
 
 # Below this many rows the "recent" slice is too noisy to decide on; use the whole holdout.
 MIN_RECENT_ROWS = 50
@@ -24,13 +26,11 @@ class GateDecision:
     margin: float
     floor: float
     applied: bool = False
+    action: str = "no change"
 
     def summary(self) -> str:
         verdict = "promote" if self.promote else "keep the champion"
-        action = "applied" if self.applied else "recommended (run `driftloop promote`)"
-        if not self.promote:
-            action = "no change"
-        return f"**{verdict}** ({action}): {self.reason}"
+        return f"**{verdict}** ({self.action}): {self.reason}"
 
     def as_tags(self) -> dict[str, str]:
         return {f"{TAG_DECISION}.{k}": str(v) for k, v in asdict(self).items()}
@@ -105,13 +105,25 @@ def decide(
     )
 
 
-def apply(
-    decision: GateDecision, registry: Registry, policy: Literal["auto", "manual"]
-) -> GateDecision:
-    """Move aliases when the policy lets the gate decide; always record the decision."""
-    applied = decision.promote and policy == "auto"
-    if applied:
+def apply(decision: GateDecision, registry: Registry, policy: Policy) -> GateDecision:
+    """Act on the decision as the policy says; always record it on the version.
+
+    `auto` promotes now; `manual` leaves it to `driftloop promote`; `canary` leaves a
+    passing challenger to the live canary analysis (the first model has nothing to be
+    compared with live, so it is promoted) and withdraws a failing one's `@challenger`.
+    """
+    applied, action = False, "no change"
+    first_model = decision.champion_version is None
+    if decision.promote and (policy == "auto" or (policy == "canary" and first_model)):
         registry.promote(decision.challenger_version)
-    decision = GateDecision(**{**asdict(decision), "applied": applied})
+        applied, action = True, "applied"
+    elif decision.promote and policy == "canary":
+        action = "handed to the canary analysis"
+    elif decision.promote:
+        action = "recommended: run `driftloop promote`"
+    elif policy == "canary":
+        registry.delete_alias(CHALLENGER)
+        action = "withdrawn from @challenger"
+    decision = GateDecision(**{**asdict(decision), "applied": applied, "action": action})
     registry.set_tags(decision.challenger_version, decision.as_tags())
     return decision

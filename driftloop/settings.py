@@ -46,8 +46,15 @@ class Settings(BaseSettings):
     hpo_timeout_s: float | None = Field(default=None, gt=0)
     train_threads: int = Field(default=1, ge=1, description="OpenMP/BLAS threads per fit.")
 
-    promotion_policy: Literal["auto", "manual"] = "auto"
-    promotion_margin: float = Field(default=0.002, ge=0, description="Accuracy gain to promote.")
+    promotion_policy: Literal["auto", "manual", "canary"] = Field(
+        default="auto", description="Who promotes: the gate, a person, or the live canary."
+    )
+    promotion_margin: float = Field(
+        default=0.002,
+        ge=-1,
+        le=1,
+        description="Accuracy gain to promote; negative lets a slightly worse one through.",
+    )
     promotion_floor: float = Field(
         default=0.6, ge=0, le=1, description="Holdout accuracy the first champion must reach."
     )
@@ -97,6 +104,15 @@ class Settings(BaseSettings):
     retrain_cooldown_s: int = Field(
         default=1800, ge=0, description="Quiet time after a monitor-triggered retrain."
     )
+
+    serving_url: str = Field(
+        default="http://127.0.0.1:8000", description="Where the canary job reaches serving."
+    )
+    canary_steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
+    canary_min_samples: int = Field(default=100, ge=2, description="Outcomes per arm to judge.")
+    canary_max_samples: int = Field(default=5_000, ge=2)
+    canary_margin: float = Field(default=0.02, ge=0, le=1)
+    canary_confidence: float = Field(default=0.95, gt=0, lt=1)
 
     @field_validator("home", "landing_dir")
     @classmethod

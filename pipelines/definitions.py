@@ -2,10 +2,11 @@
 
 import dagster as dg
 
-from assets import ingestion, monitoring, registry, training
+from assets import canary, ingestion, monitoring, registry, training
 from driftloop.settings import Settings, load_settings
-from pipelines.jobs import ingest_job, monitoring_job, training_job
+from pipelines.jobs import canary_job, ingest_job, monitoring_job, training_job
 from pipelines.monitor_sensors import (
+    canary_sensor,
     drift_sensor,
     prediction_log_sensor,
     quality_sensor,
@@ -19,19 +20,20 @@ from pipelines.sensors import landing_sensor
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         dg.Definitions(
-            assets=dg.load_assets_from_modules([ingestion, training, registry, monitoring]),
+            assets=dg.load_assets_from_modules([ingestion, training, registry, monitoring, canary]),
             asset_checks=dg.load_asset_checks_from_modules(
-                [ingestion, training, registry, monitoring]
+                [ingestion, training, registry, monitoring, canary]
             ),
         ),
         dg.Definitions(
-            jobs=[ingest_job, training_job, monitoring_job],
+            jobs=[ingest_job, training_job, monitoring_job, canary_job],
             schedules=[nightly_training(settings)],
             sensors=[
                 landing_sensor(settings),
                 prediction_log_sensor(settings),
                 drift_sensor(settings),
                 quality_sensor(settings),
+                canary_sensor(settings),
                 run_failure_alert,
             ],
             resources=build_resources(settings),

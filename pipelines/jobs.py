@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import ingestion, monitoring, registry, training
+from assets import canary, ingestion, monitoring, registry, training
 
 ingest_job = dg.define_asset_job(
     "ingest",
@@ -24,4 +24,11 @@ monitoring_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(monitoring.GROUP),
     description="Judge recent served traffic: feature drift and live quality.",
     tags={"driftloop/kind": "monitoring"},
+)
+
+canary_job = dg.define_asset_job(
+    "canary",
+    selection=dg.AssetSelection.groups(canary.GROUP),
+    description="One canary step for the current @challenger.",
+    tags={"driftloop/kind": "canary"},
 )

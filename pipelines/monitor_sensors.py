@@ -7,11 +7,18 @@ import time
 import dagster as dg
 
 from driftloop.alerts import notify
+from driftloop.registry import CHALLENGER
 from driftloop.settings import Settings
-from pipelines.jobs import monitoring_job, training_job
+from pipelines.jobs import canary_job, monitoring_job, training_job
 from pipelines.resources import TRIGGER_REASON_TAG, TRIGGER_TAG, DriftloopResource
 
 MONITOR_TRIGGERS = ("drift", "quality")
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
 def last_monitor_retrain(instance: dg.DagsterInstance) -> float | None:
@@ -124,3 +131,27 @@ def run_failure_alert(context: dg.RunFailureSensorContext) -> None:
         f"{context.dagster_run.job_name} run {context.dagster_run.run_id} failed",
         {"error": message.splitlines()[0]},
     )
+
+
+def canary_sensor(settings: Settings) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="canary_sensor",
+        job=canary_job,
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Takes the next canary step while a @challenger exists.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, driftloop: DriftloopResource):
+        policy = driftloop.settings().promotion_policy
+        if policy != "canary":
+            return dg.SensorResult(skip_reason=f"promotion policy is {policy!r}, not 'canary'")
+        if driftloop.registry().by_alias(CHALLENGER) is None:
+            return dg.SensorResult(skip_reason="no @challenger")
+        busy = context.instance.get_run_records(
+            filters=dg.RunsFilter(job_name=canary_job.name, statuses=IN_FLIGHT), limit=1
+        )
+        if busy:
+            return dg.SensorResult(skip_reason="the previous canary step is still running")
+        return dg.SensorResult(run_requests=[dg.RunRequest()])
+
+    return _sensor

@@ -22,6 +22,7 @@ def test_asset_graph_snapshot() -> None:
         "promotion_gate": ("registry", ["candidate_model", "hpo_study", "training_dataset"]),
         "feature_drift_report": ("monitoring", ["training_dataset"]),
         "live_model_quality": ("monitoring", []),
+        "canary_decision": ("canary", []),
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
@@ -32,12 +33,18 @@ def test_asset_graph_snapshot() -> None:
 
 
 def test_jobs_schedules_and_sensors() -> None:
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest", "training", "monitoring"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {
+        "ingest",
+        "training",
+        "monitoring",
+        "canary",
+    }
     assert {s.name for s in defs.sensors} == {
         "landing_sensor",
         "prediction_log_sensor",
         "drift_sensor",
         "quality_sensor",
+        "canary_sensor",
         "run_failure_alert",
     }
     assert defs.resolve_schedule_def("nightly_training").cron_schedule == "0 2 * * *"

@@ -156,3 +156,27 @@ def test_runs_are_in_the_homes_own_dagster_instance(trained_home: Settings) -> N
     instance = dg.DagsterInstance.from_config(str(trained_home.home / "dagster"))
     jobs = {r.dagster_run.job_name for r in instance.get_run_records()}
     assert jobs == {"ingest", "training"}
+
+
+def test_canary_policy_hands_passing_challengers_over_and_withdraws_failing_ones(
+    home: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_PROMOTION_POLICY", "canary")
+    land(home, rows=1500, batch_rows=1500, seed=1)
+    first = train(home).output_for_node("promotion_gate")
+    assert first.applied  # nothing to canary against: the first model is promoted
+    registry = registry_of(home)
+
+    monkeypatch.setenv("DRIFTLOOP_PROMOTION_MARGIN", "-1")  # any challenger passes offline
+    land(home, rows=1500, batch_rows=1500, seed=2)
+    passing = train(home).output_for_node("promotion_gate")
+    assert passing.promote and not passing.applied
+    assert passing.action == "handed to the canary analysis"
+    assert registry.by_alias(CHALLENGER).version == "2"
+    assert registry.by_alias(CHAMPION).version == "1"
+
+    monkeypatch.setenv("DRIFTLOOP_PROMOTION_MARGIN", "1")  # no challenger can pass
+    land(home, rows=1500, batch_rows=1500, seed=3)
+    failing = train(home).output_for_node("promotion_gate")
+    assert not failing.promote and failing.action == "withdrawn from @challenger"
+    assert registry.by_alias(CHALLENGER) is None

@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop.registry import CHAMPION, Registry
+from driftloop.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.settings import Settings, load_settings
 from driftloop.simulate import DriftPlan, LoanStream
 from driftloop.training import TRUSTED_TYPES
 from pipelines.definitions import build_definitions
 from pipelines.launch import ingest_pending, prepare_dagster_home
-from pipelines.monitor_sensors import drift_sensor, quality_sensor
-from pipelines.resources import TRIGGER_TAG
+from pipelines.monitor_sensors import canary_sensor, drift_sensor, quality_sensor
+from pipelines.resources import TRIGGER_TAG, DriftloopResource
 from tests.conftest import FAST_ENV, land, train
 
 
@@ -132,3 +132,25 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
             f"accuracy/v{materialization.metadata['champion_version'].value}"
         ]
         assert np.isfinite(accuracy.value)
+
+
+def test_canary_sensor_acts_only_for_the_canary_policy_and_a_challenger(
+    monitored: Settings, monkeypatch
+) -> None:
+    registry = Registry(monitored.mlflow_tracking_uri, monitored.model_name)
+    resources = {"driftloop": DriftloopResource(home=str(monitored.home))}
+    with dg.DagsterInstance.ephemeral() as instance:
+
+        def tick():
+            context = dg.build_sensor_context(instance=instance, resources=resources)
+            return canary_sensor(load_settings()).evaluate_tick(context)
+
+        registry.set_alias(CHALLENGER, registry.by_alias(CHAMPION).version)
+        try:
+            assert "not 'canary'" in tick().skip_message
+            monkeypatch.setenv("DRIFTLOOP_PROMOTION_POLICY", "canary")
+            assert len(tick().run_requests) == 1
+            registry.delete_alias(CHALLENGER)
+            assert tick().skip_message == "no @challenger"
+        finally:
+            registry.delete_alias(CHALLENGER)
