@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,11 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # A person is waiting: an unreachable tracking server should fail in seconds, not
+    # after MLflow's default minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    settings = None
     try:
         if getattr(args, "trials", None):
             os.environ["DRIFTLOOP_N_TRIALS"] = str(args.trials)
@@ -33,11 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.command(settings, args) or 0
     except KeyboardInterrupt:
         return 130
-    except Exception as error:
+    except Exception as error:  # the CLI's one place that turns errors into a sentence
         if os.environ.get("DRIFTLOOP_DEBUG"):
             raise
-        print(f"driftloop: {_one_line(error)}", file=sys.stderr)
+        message = _one_line(error)
+        if settings is not None and _UNREACHABLE.search(str(error)):
+            message = f"cannot reach the MLflow store at {settings.mlflow_tracking_uri}"
+        print(f"driftloop: {message}", file=sys.stderr)
         return 2
+
+
+_UNREACHABLE = re.compile(r"Connection refused|Max retries exceeded|Failed to establish")
 
 
 def _one_line(error: Exception) -> str:
