@@ -58,6 +58,7 @@ def start(
     haproxy_dir(settings).mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never attach to another process's cluster on this machine
             num_cpus=num_cpus or os.cpu_count() or 1,
             include_dashboard=False,
             runtime_env={"env_vars": env},
