@@ -6,6 +6,7 @@ import json
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,12 @@ class Candidate:
     newly_registered: bool
     holdout: Evaluation
     run_id: str
+
+
+def serving_requirements() -> list[str]:
+    """Pinned from this environment: MLflow's own inference of requirements starts a
+    subprocess that re-imports the model and cost ~10 s of every registration here."""
+    return [f"{name}=={version(name)}" for name in ("mlflow", "scikit-learn", "skops", "pandas")]
 
 
 def git_commit() -> str:
@@ -82,6 +89,7 @@ def register_candidate(
             input_example=example,
             serialization_format="skops",
             skops_trusted_types=TRUSTED_TYPES,
+            pip_requirements=serving_requirements(),
         )
         mlflow.log_params({f"best.{k}": v for k, v in search.best_params.items()})
         mlflow.log_metrics(holdout.as_metrics("holdout"))

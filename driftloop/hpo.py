@@ -63,7 +63,11 @@ def open_study(settings: Settings, name: str) -> optuna.Study:
         storage=settings.optuna_storage_url,
         load_if_exists=True,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        # Workers sharing a study need their own seeds, and the constant liar keeps them
+        # from proposing the same point while each other's trials are still running.
+        sampler=optuna.samplers.TPESampler(
+            seed=settings.seed + settings.hpo_worker, constant_liar=True
+        ),
         # Each fold is a step: a trial whose running mean is below the median of earlier
         # trials at the same fold stops there.
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),

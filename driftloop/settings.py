@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     cv_folds: int = Field(default=5, ge=2)
     hpo_timeout_s: float | None = Field(default=None, gt=0)
     train_threads: int = Field(default=1, ge=1, description="OpenMP/BLAS threads per fit.")
+    hpo_worker: int = Field(
+        default=0, ge=0, description="This process's index among workers sharing one study."
+    )
 
     promotion_policy: Literal["auto", "manual", "canary"] = Field(
         default="auto", description="Who promotes: the gate, a person, or the live canary."
@@ -113,6 +116,9 @@ class Settings(BaseSettings):
     canary_max_samples: int = Field(default=5_000, ge=2)
     canary_margin: float = Field(default=0.02, ge=0, le=1)
     canary_confidence: float = Field(default=0.95, gt=0, lt=1)
+    canary_max_p99_ms: float = Field(
+        default=250.0, gt=0, description="Challenger p99 latency that rolls it back."
+    )
 
     @field_validator("home", "landing_dir")
     @classmethod

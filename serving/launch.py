@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +44,21 @@ def serve_env(settings: Settings, haproxy: bool) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(base / "server-state"),
         # HAProxy threads compete with the replicas for the same two cores.
         "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+        # Its metrics and stats listeners default to fixed ports (9101, 8404): take free
+        # ones so a second driftloop on the machine (a test, a benchmark) can start too.
+        "RAY_SERVE_HAPROXY_METRICS_PORT": os.environ.get(
+            "RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port())
+        ),
+        "RAY_SERVE_HAPROXY_STATS_PORT": os.environ.get(
+            "RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port())
+        ),
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def start(

@@ -286,10 +286,14 @@ def test_mlflow_unreachable_still_serves_from_local_copy(served: Served) -> None
         home=str(served.settings.home), tracking_uri="http://127.0.0.1:9", poll_interval_s=0.2
     )
     serve.run(build_app(dead), name=APP_NAME, route_prefix="/")
-    with served.client() as client:
-        ready = client.get("/readyz").json()
-        assert ready["champion"] == {**ready["champion"], "source": "cache"}
-        assert ready["champion"]["version"] == served.champion
-        time.sleep(1)  # a few failed registry polls
-        r = client.post(PREDICT, json={"instances": [INSTANCE]})
-        assert r.status_code == 200 and r.headers["x-model-version"] == served.champion
+    try:
+        with served.client() as client:
+            ready = client.get("/readyz").json()
+            assert ready["champion"] == {**ready["champion"], "source": "cache"}
+            assert ready["champion"]["version"] == served.champion
+            time.sleep(1)  # a few failed registry polls
+            r = client.post(PREDICT, json={"instances": [INSTANCE]})
+            assert r.status_code == 200 and r.headers["x-model-version"] == served.champion
+    finally:  # later tests expect the live registry behind the app again
+        live = ServeArgs(home=str(served.settings.home), poll_interval_s=0.2)
+        serve.run(build_app(live), name=APP_NAME, route_prefix="/")
