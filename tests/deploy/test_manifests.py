@@ -1,0 +1,340 @@
+"""Static checks of `deploy/`: what can be verified without a Docker daemon or a cluster.
+
+Every file parses; the Dagster instance config validates against Dagster's own schema; the
+compose file's services wait on health checks that exist; the images run as non-root users
+and install dependencies before copying code; the Kubernetes manifests agree with the compose
+setup and embed the repository's Serve config; the alert rules pass `promtool test rules`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from dagster._config import process_config, resolve_to_config_type
+from dagster._core.instance.config import dagster_instance_config
+from dagster._core.run_coordinator import QueuedRunCoordinator
+from dagster._core.storage.config import pg_config
+from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+
+from serving.metrics import ServingMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+INSTANCE = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+HELM = yaml.safe_load((DEPLOY / "k8s" / "dagster-values.yaml").read_text())
+RAYSERVICE = yaml.safe_load((DEPLOY / "k8s" / "rayservice.yaml").read_text())
+DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
+# The serving app exports these once monitoring publishes drift and live accuracy; the
+# dashboard and alert rules already use them (deploy/README.md, "Metrics").
+MONITORING_METRICS = {"driftloop_drift_share", "driftloop_live_accuracy"}
+# Services that run once and exit, so they have nothing to health-check.
+ONE_SHOT = {"minio-init"}
+COMPOSE_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")  # ${NAME:-default}
+
+
+def env_refs(node: Any) -> set[str]:
+    """Every `{env: NAME}` in a Dagster config tree."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {node["env"]}
+        return set().union(*(env_refs(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(env_refs(v) for v in node)) if node else set()
+    return set()
+
+
+def compose_env(service: str) -> dict[str, str]:
+    """A service's environment as compose would set it with no deploy/.env (the defaults)."""
+    environment = COMPOSE["services"][service].get("environment", {})
+    assert isinstance(environment, dict), f"{service}: use the mapping form of environment"
+    return {key: COMPOSE_DEFAULT.sub(r"\2", str(value)) for key, value in environment.items()}
+
+
+def test_every_deploy_file_parses() -> None:
+    files = [p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml", ".json")]
+    assert len(files) >= 10
+    for path in files:
+        text = path.read_text()
+        assert (json.loads if path.suffix == ".json" else yaml.safe_load)(text) is not None, path
+
+
+# --- deploy/dagster.yaml -------------------------------------------------------------------
+
+
+@pytest.fixture
+def instance_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The instance's variables as compose sets them for the webserver."""
+    env = compose_env("webserver")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def test_instance_config_validates_against_dagsters_schema(
+    tmp_path: Path, instance_env: dict[str, str]
+) -> None:
+    shutil.copy(DEPLOY / "dagster.yaml", tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["run_retries"] == {"enabled": True, "max_retries": 2}
+    # Each pluggable class's own config schema, with the variables resolved.
+    for schema, value in (
+        (pg_config(), config["storage"]["postgres"]),
+        (QueuedRunCoordinator.config_type(), config["run_coordinator"]["config"]),
+        (S3ComputeLogManager.config_type(), config["compute_logs"]["config"]),
+    ):
+        result = process_config(resolve_to_config_type(schema), value)
+        assert result.success, result.errors
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert config["compute_logs"]["class"] == "S3ComputeLogManager"
+    assert config["run_launcher"]["class"] == "DockerRunLauncher"
+
+
+def test_every_postgres_connection_field_comes_from_the_environment() -> None:
+    fields = INSTANCE["storage"]["postgres"]["postgres_db"]
+    assert {"hostname", "port", "username", "password", "db_name"} <= set(fields)
+    for name in ("hostname", "port", "username", "password", "db_name"):
+        assert set(fields[name]) == {"env"}, name
+
+
+def test_run_containers_get_every_variable_the_instance_and_driftloop_read() -> None:
+    passed = set(INSTANCE["run_launcher"]["config"]["env_vars"])
+    assert env_refs(INSTANCE) <= passed  # a run container loads this same instance file
+    driftloop = {k for k in compose_env("user-code") if k.startswith(("DRIFTLOOP_", "AWS_"))}
+    assert driftloop <= passed
+
+
+# --- docker-compose.yaml -------------------------------------------------------------------
+
+
+def test_compose_has_the_whole_stack() -> None:
+    services = set(COMPOSE["services"])
+    assert {
+        "postgres", "minio", "mlflow", "user-code", "webserver", "daemon", "ray-head",
+        "prometheus", "grafana",
+    } <= services  # fmt: skip
+
+
+def test_compose_services_wait_for_healthy_dependencies() -> None:
+    services = COMPOSE["services"]
+    for name, service in services.items():
+        if name not in ONE_SHOT:
+            assert service["healthcheck"]["test"], f"{name} has no health check"
+        for dependency, rule in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            if dependency in ONE_SHOT:
+                assert rule["condition"] == "service_completed_successfully", name
+            else:
+                assert rule["condition"] == "service_healthy", f"{name} -> {dependency}"
+
+
+def test_compose_dagster_processes_share_the_instance_environment() -> None:
+    needed = env_refs(INSTANCE)
+    for service in ("webserver", "daemon", "user-code"):
+        missing = needed - set(compose_env(service))
+        assert not missing, f"{service} lacks {sorted(missing)}"
+    # The run launcher's network and volume are the compose project's own.
+    assert compose_env("daemon")["DAGSTER_DOCKER_NETWORK"] in {
+        network.get("name") for network in COMPOSE["networks"].values()
+    }
+    launcher_volume = INSTANCE["run_launcher"]["config"]["container_kwargs"]["volumes"][0]
+    assert launcher_volume.split(":")[0] in {
+        volume.get("name") for volume in COMPOSE["volumes"].values() if volume
+    }
+
+
+def test_compose_images_are_pinned_and_ports_local() -> None:
+    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE, re.MULTILINE))
+    for name, service in COMPOSE["services"].items():
+        image = service["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin {image}"
+        if "build" in service:
+            assert service["build"]["target"] in targets, name
+            assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).exists()
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond localhost"
+        for mount in service.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("./"):
+                assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_compose_mlflow_uses_postgres_and_s3() -> None:
+    command = COMPOSE["services"]["mlflow"]["command"]
+    store = command[command.index("--backend-store-uri") + 1]
+    artifacts = command[command.index("--artifacts-destination") + 1]
+    assert store.startswith("postgresql+psycopg2://") and store.endswith("/mlflow")
+    assert artifacts == f"s3://{compose_env('user-code')['DRIFTLOOP_IO_BUCKET']}/mlflow"
+    init = (DEPLOY / "postgres" / "init.sql").read_text()
+    for database in ("dagster", "mlflow", "optuna"):
+        assert f"CREATE DATABASE {database};" in init
+
+
+# --- Dockerfile ----------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> dict[str, list[str]]:
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in DOCKERFILE.splitlines():
+        match = re.match(r"FROM \S+ AS (\S+)$", line)
+        if match:
+            current = match.group(1)
+            stages[current] = []
+        elif current and line and not line.startswith((" ", "#")):
+            stages[current].append(line)
+    return stages
+
+
+@pytest.mark.parametrize("target", ["dagster", "user-code", "serving"])
+def test_images_run_as_non_root_and_copy_code_last(target: str) -> None:
+    instructions = dockerfile_stages()[target]
+    users = [line.split()[1] for line in instructions if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), f"{target} runs as root"
+    installs = [
+        i for i, line in enumerate(instructions) if re.match(r"RUN pip install .*-r ", line)
+    ]
+    code = [i for i, line in enumerate(instructions) if re.match(r"COPY .*\bdriftloop ", line)]
+    if code:
+        assert installs and max(installs) < min(code), f"{target}: code copied before deps"
+
+
+def test_serving_image_and_rayservice_match_the_installed_ray() -> None:
+    [dockerfile_ray] = re.findall(r"^ARG RAY_VERSION=(\S+)$", DOCKERFILE, re.MULTILINE)
+    assert dockerfile_ray == RAYSERVICE["spec"]["rayClusterConfig"]["rayVersion"] == ray.__version__
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+
+
+def test_rayservice_embeds_the_repository_serve_config() -> None:
+    """The RayService deploys exactly the applications `serve deploy` would."""
+    repo = yaml.safe_load((ROOT / "serving" / "serve_config.yaml").read_text())
+    embedded = yaml.safe_load(RAYSERVICE["spec"]["serveConfigV2"])
+    assert embedded["applications"] == repo["applications"]
+
+
+def test_rayservice_autoscales_and_runs_unprivileged() -> None:
+    assert RAYSERVICE["apiVersion"] == "ray.io/v1" and RAYSERVICE["kind"] == "RayService"
+    cluster = RAYSERVICE["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    for group in cluster["workerGroupSpecs"]:
+        assert 0 < group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:
+        spec = pod["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for container in spec["containers"]:
+            assert container["resources"]["requests"], container["name"]
+            assert container["image"].rsplit(":", 1)[1] != "latest"
+
+
+def test_helm_values_mirror_the_compose_instance() -> None:
+    """Kubernetes and compose run the same instance: limits, retries, logs, database."""
+    assert HELM["runLauncher"]["type"] == "K8sRunLauncher"
+    assert HELM["postgresql"]["enabled"] is False
+    assert (
+        HELM["postgresql"]["postgresqlScheme"]
+        == INSTANCE["storage"]["postgres"]["postgres_db"]["scheme"]
+    )
+    queued = HELM["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert (
+        queued["tagConcurrencyLimits"]
+        == INSTANCE["run_coordinator"]["config"]["tag_concurrency_limits"]
+    )
+    retries = HELM["dagsterDaemon"]["runRetries"]
+    assert retries == {
+        "enabled": INSTANCE["run_retries"]["enabled"],
+        "maxRetries": INSTANCE["run_retries"]["max_retries"],
+    }
+    logs = HELM["computeLogManager"]
+    assert logs["type"] == "S3ComputeLogManager"
+    assert (
+        logs["config"]["s3ComputeLogManager"]["bucket"]
+        == compose_env("user-code")["DRIFTLOOP_IO_BUCKET"]
+    )
+    [user_code] = HELM["dagster-user-deployments"]["deployments"]
+    assert user_code["codeServerArgs"] == ["-m", "pipelines.definitions", "-a", "defs"]
+    assert HELM["rabbitmq"]["enabled"] is False
+
+
+# --- Observability -------------------------------------------------------------------------
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool missing: apt-get install prometheus")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return found
+
+
+def test_prometheus_config_is_valid() -> None:
+    result = subprocess.run(
+        [promtool(), "check", "config", "prometheus.yml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_fire_on_recorded_series() -> None:
+    result = subprocess.run(
+        [promtool(), "test", "rules", "alerts_test.yml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def exported_metrics() -> set[str]:
+    """Sample names the serving replica really exposes, plus the rules' recorded series."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    names = {
+        family.name + suffix
+        for family in ServingMetrics().registry.collect()
+        for suffix in suffixes[family.type]
+    }
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    names |= {r["record"] for group in rules["groups"] for r in group["rules"] if "record" in r}
+    return names | MONITORING_METRICS
+
+
+def referenced_metrics(expression: str) -> set[str]:
+    return set(re.findall(r"\b(driftloop[_:][a-z0-9_:]+)", expression))
+
+
+def test_dashboard_and_alerts_use_metrics_that_exist() -> None:
+    known = exported_metrics()
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "driftloop.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    expressions += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    for expression in expressions:
+        unknown = referenced_metrics(expression) - known
+        assert not unknown, f"{sorted(unknown)} in {expression!r}"
+
+
+def test_dashboard_panels_use_the_provisioned_datasource() -> None:
+    datasources = yaml.safe_load(
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
+    )
+    [uid] = [source["uid"] for source in datasources["datasources"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "driftloop.json").read_text())
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    for needed in ("Canary weight", "Drift share", "Live accuracy by model version"):
+        assert needed in titles
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == uid, panel["title"]
