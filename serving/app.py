@@ -412,6 +412,16 @@ def build_api(server: ModelServer) -> FastAPI:
     name = server.settings.model_name
     admin_key = server.settings.admin_api_key
 
+    def refused(status: int) -> None:
+        """Count answers that are not predictions, for the error-rate alert."""
+        server.metrics.requests.labels("none", "refused", str(status)).inc()
+
+    @api.exception_handler(Exception)
+    async def _crashed(request: Request, error: Exception) -> Response:
+        logger.exception("unhandled error on %s", request.url.path)
+        refused(500)
+        return JSONResponse({"detail": "internal error; see the replica log"}, status_code=500)
+
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError) -> Response:
         problems = error.errors()
@@ -421,11 +431,13 @@ def build_api(server: ModelServer) -> FastAPI:
                 ("body", "instances"),
                 ("body",),
             }:
+                refused(413)
                 return JSONResponse(
                     {"detail": f"at most {max_instances} instances per request"}, status_code=413
                 )
         # Without the offending input: it may be NaN (not JSON) or large, and is the caller's.
         detail = [{k: p[k] for k in ("type", "loc", "msg") if k in p} for p in problems]
+        refused(422)
         return JSONResponse({"detail": detail}, status_code=422)
 
     def require_admin(x_api_key: Annotated[str | None, Header()] = None) -> None:
@@ -445,6 +457,7 @@ def build_api(server: ModelServer) -> FastAPI:
     )
     async def predict(model: str, body: predict_model) -> Response:  # type: ignore[valid-type]
         if model != name:
+            refused(404)
             raise HTTPException(404, f"no model named {model!r}; this server serves {name!r}")
         return await server.predict(body.instances)  # type: ignore[attr-defined]
 
@@ -490,6 +503,7 @@ def build_api(server: ModelServer) -> FastAPI:
             raise HTTPException(409, str(error)) from error
         except Exception as error:  # registry down: say so instead of a 500
             raise HTTPException(503, f"registry unreachable: {error}") from error
+        server._alert("rollback", "@champion moved back to @previous by the admin API")
         await server.sync()
         return server.readiness()
 

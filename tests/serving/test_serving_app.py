@@ -50,7 +50,7 @@ def served_requests(client: httpx.Client) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
-        if line.startswith("driftloop_requests_total{")
+        if line.startswith("driftloop_requests_total{") and 'status="200"' in line
     )
 
 
@@ -129,6 +129,7 @@ def test_bad_input_is_a_4xx_naming_the_problem(served: Served, case: str) -> Non
         assert response.status_code == status, response.text
         assert named.lower() in response.text.lower()
         assert served_requests(client) == before  # nothing answered, nothing logged
+        assert f'route="refused",status="{status}"' in client.get("/metrics").text
         assert client.get("/readyz").status_code == 200  # the replica is still there
 
 
@@ -237,6 +238,7 @@ def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
         assert {status for status, _ in answers} == {200}
         assert answers[-1][1] == served.champion
         ready = client.get("/readyz").json()
+        assert 'driftloop_serving_alerts_total{kind="rollback"}' in client.get("/metrics").text
     assert ready["champion"]["version"] == served.champion
     assert served.registry.by_alias(CHAMPION).version == served.champion
 
