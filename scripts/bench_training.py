@@ -73,6 +73,8 @@ def main() -> None:
         "holdout_accuracy": round(candidate.holdout.accuracy, 4),
         "champion_version": gate.challenger_version if gate.applied else None,
         "machine": f"{platform.node()} {os.cpu_count()} cores {platform.python_version()}",
+        # The machine is shared: a busy one makes every number here slower, not wrong.
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
     }
     print()
     print(f"{'measure':<24}{'value':>12}")
