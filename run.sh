@@ -25,7 +25,7 @@ shift || true
 case "$command" in
   demo)
     ensure_venv
-    exec .venv/bin/driftloop demo "$@"
+    exec .venv/bin/driftloop demo --quick "$@"
     ;;
   test)
     ensure_venv

@@ -32,6 +32,7 @@ def policy_of(settings: Settings) -> CanaryPolicy:
         max_samples=settings.canary_max_samples,
         margin=settings.canary_margin,
         confidence=settings.canary_confidence,
+        max_p99_ms=settings.canary_max_p99_ms,
     )
 
 

@@ -99,6 +99,7 @@ def live_model_quality(
             metadata["accuracy_before_change"] = float(before)
             metadata["accuracy_after_change"] = float(after)
             metadata["quality_drop"] = float(before - after)
+            metadata["change_at_time"] = float(rows["at"].iloc[changes.first].timestamp())
             context.log.warning(
                 f"champion v{champion.version} error rate changed at labelled sample "
                 f"{changes.first} (ADWIN {changes.adwin}, Page-Hinkley {changes.page_hinkley})"

@@ -2,10 +2,15 @@
 
 import dagster as dg
 
-from driftloop.data import TrainingSet, build_training_set
+from driftloop.data import BATCH_COLUMN, TrainingSet, build_training_set
 from driftloop.hpo import SearchResult, run_search
 from driftloop.schema import load_schema
-from pipelines.resources import TRIGGER_REASON_TAG, TRIGGER_TAG, DriftloopResource
+from pipelines.resources import (
+    TRAIN_SINCE_TAG,
+    TRIGGER_REASON_TAG,
+    TRIGGER_TAG,
+    DriftloopResource,
+)
 
 GROUP = "training"
 
@@ -22,7 +27,15 @@ def training_dataset(
     """Every accepted batch, deduplicated; its version is the SHA-256 of its rows, and a
     row's side of the train/holdout split is fixed by the hash of the row and the seed."""
     settings = driftloop.settings()
-    rows = driftloop.batch_store().read_all()
+    store = driftloop.batch_store()
+    rows = store.read_all()
+    since = context.run.tags.get(TRAIN_SINCE_TAG)
+    if since is not None and not rows.empty:
+        # After a detected change, older batches describe a world that no longer exists.
+        batches = store.keys()
+        recent = [k for k in batches if store.path(k).stat().st_mtime >= float(since)]
+        rows = rows[rows[BATCH_COLUMN].isin(recent)].reset_index(drop=True)
+        context.log.info(f"training window since {since}: {len(recent)} batches")
     schema = load_schema(settings.schema_path)
     if rows.empty or schema is None:
         raise dg.Failure(
@@ -41,6 +54,7 @@ def training_dataset(
             "holdout_rows": len(training.holdout),
             "recent_holdout_rows": len(training.recent),
             "batches": len(training.batches),
+            "train_since": since or "all batches",
             "label_counts": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
             "schema": dg.MetadataValue.md(
                 "| feature | kind | dtype |\n|---|---|---|\n"
@@ -90,6 +104,7 @@ def hpo_study(
         "driftloop.data_hash": training_dataset.data_hash,
         "driftloop.trigger": trigger_of(context),
         "dagster.run_id": context.run.run_id,
+        "driftloop.train_since": context.run.tags.get(TRAIN_SINCE_TAG, "all batches"),
     }
     result = run_search(
         training_dataset, settings, driftloop.experiment_id(), tags, progress=context.log.info

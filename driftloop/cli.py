@@ -92,10 +92,17 @@ def _parser() -> argparse.ArgumentParser:
     rollback = commands.add_parser("rollback", help="move @champion back to @previous")
     rollback.set_defaults(command=cmd_rollback)
 
-    demo = commands.add_parser("demo", help="simulate, train, show status and open the UIs")
-    demo.add_argument("--rows", type=int, default=20_000)
+    demo = commands.add_parser(
+        "demo", help="the closed loop: serve, drift, detect, retrain, canary, recover"
+    )
+    demo.add_argument("--quick", action="store_true", help="short timings (< 10 min)")
+    demo.add_argument("--json", type=Path, metavar="PATH", help="write the summary here")
+    demo.add_argument("--rows", type=int, help="the first champion's training rows")
     demo.add_argument("--trials", type=int)
-    demo.add_argument("--no-ui", action="store_true", help="exit instead of starting the UIs")
+    demo.add_argument("--no-ui", action="store_true", help="exit instead of keeping the UIs")
+    demo.add_argument(
+        "--classic", action="store_true", help="only simulate, train, show status and open the UIs"
+    )
     demo.set_defaults(command=cmd_demo)
 
     serve = commands.add_parser("serve", help="serve @champion on Ray Serve at 127.0.0.1")
@@ -363,9 +370,27 @@ def _stop_children() -> None:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """Until the monitoring loop lands: simulate → train → champion → status → UIs."""
-    print(f"[1/3] simulating {args.rows} loan applications into {settings.landing}")
-    cmd_simulate(settings, _parser().parse_args(["simulate", "--rows", str(args.rows)]))
+    """The closed loop (driftloop/demo.py) in a fresh home under `<home>/demo/`."""
+    if args.classic:
+        return cmd_demo_classic(settings, args)
+    from dataclasses import replace
+
+    from driftloop.demo import FULL, QUICK, run_demo
+
+    plan = QUICK if args.quick else FULL
+    if args.rows:
+        plan = replace(plan, rows=args.rows)
+    if args.trials:
+        plan = replace(plan, trials=args.trials)
+    run_demo(plan, settings, json_path=args.json, keep_ui=not args.no_ui)
+    return 0
+
+
+def cmd_demo_classic(settings: Settings, args: argparse.Namespace) -> int:
+    """The first demo: simulate → train → champion → status → UIs, without the loop."""
+    rows = args.rows or 20_000
+    print(f"[1/3] simulating {rows} loan applications into {settings.landing}")
+    cmd_simulate(settings, _parser().parse_args(["simulate", "--rows", str(rows)]))
     print("[2/3] ingesting and training on the embedded Dagster instance")
     cmd_train(settings, args)
     print("[3/3] registry status")

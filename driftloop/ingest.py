@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,10 @@ def ingest(settings: Settings, key: str) -> IngestOutcome:
         if not all(c.passed for c in checks):
             return _reject(settings, key, path, checks, rows=len(frame))
     stored = store.write(key, conform(frame, in_force))
+    # A batch is dated by when its file landed, not when a (possibly queued) run ingested
+    # it: training windows after a detected change select by this time.
+    landed_at = path.stat().st_mtime
+    os.utime(stored, (landed_at, landed_at))
     labels = frame[in_force.target].value_counts().sort_index()
     return IngestOutcome(
         key, True, len(frame), checks, stored, {str(k): int(v) for k, v in labels.items()}

@@ -10,7 +10,12 @@ from driftloop.alerts import notify
 from driftloop.registry import CHALLENGER
 from driftloop.settings import Settings
 from pipelines.jobs import canary_job, monitoring_job, training_job
-from pipelines.resources import TRIGGER_REASON_TAG, TRIGGER_TAG, DriftloopResource
+from pipelines.resources import (
+    TRAIN_SINCE_TAG,
+    TRIGGER_REASON_TAG,
+    TRIGGER_TAG,
+    DriftloopResource,
+)
 
 MONITOR_TRIGGERS = ("drift", "quality")
 IN_FLIGHT = [
@@ -41,20 +46,18 @@ def _retrain_or_skip(
     trigger: str,
     reason: str,
     run_key: str,
+    train_since: float | None = None,
 ) -> dg.SensorResult:
     last = last_monitor_retrain(context.instance)
     if last is not None and time.time() - last < settings.retrain_cooldown_s:
         wait = settings.retrain_cooldown_s - (time.time() - last)
         return dg.SensorResult(skip_reason=f"{reason}, but in cooldown for {wait:.0f}s more")
     notify("drift_detected" if trigger == "drift" else "retrain_started", reason)
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=run_key,
-                tags={TRIGGER_TAG: trigger, TRIGGER_REASON_TAG: reason[:200]},
-            )
-        ]
-    )
+    tags = {TRIGGER_TAG: trigger, TRIGGER_REASON_TAG: reason[:200]}
+    if train_since is not None:
+        # Rows from before the change would teach the retrain the old world again.
+        tags[TRAIN_SINCE_TAG] = f"{train_since:.3f}"
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags=tags)])
 
 
 def prediction_log_sensor(settings: Settings) -> dg.SensorDefinition:
@@ -71,6 +74,11 @@ def prediction_log_sensor(settings: Settings) -> dg.SensorDefinition:
         newest = max((p.stat().st_mtime_ns for p in files), default=0)
         if newest <= int(context.cursor or 0):
             return dg.SensorResult(skip_reason="no new prediction log files")
+        busy = context.instance.get_run_records(
+            filters=dg.RunsFilter(job_name=monitoring_job.name, statuses=IN_FLIGHT), limit=1
+        )
+        if busy:  # on a busy machine runs take longer than the interval: never queue a backlog
+            return dg.SensorResult(skip_reason="the previous monitoring run is still running")
         return dg.SensorResult(
             run_requests=[dg.RunRequest(run_key=f"log-{newest}")], cursor=str(newest)
         )
@@ -95,7 +103,11 @@ def drift_sensor(settings: Settings) -> dg.SensorDefinition:
             )
         columns = json.dumps(metadata["drifted_columns"].value)
         reason = f"feature drift: share {share:.2f} ({columns})"
-        return _retrain_or_skip(context, settings, "drift", reason, f"drift-{asset_event.run_id}")
+        # The drift was judged on the monitor window: that is as close as Evidently places it.
+        since = asset_event.timestamp - settings.monitor_window_s
+        return _retrain_or_skip(
+            context, settings, "drift", reason, f"drift-{asset_event.run_id}", since
+        )
 
     return _sensor
 
@@ -115,8 +127,14 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
             return dg.SensorResult(skip_reason="no quality drop beyond the threshold")
         change = int(metadata["change_at_sample"].value)
         reason = f"quality drop {float(drop.value):.3f} at labelled sample {change}"
+        at = metadata.get("change_at_time")
         return _retrain_or_skip(
-            context, settings, "quality", reason, f"quality-{asset_event.run_id}"
+            context,
+            settings,
+            "quality",
+            reason,
+            f"quality-{asset_event.run_id}",
+            float(at.value) if at is not None else None,
         )
 
     return _sensor
@@ -152,6 +170,7 @@ def canary_sensor(settings: Settings) -> dg.SensorDefinition:
         )
         if busy:
             return dg.SensorResult(skip_reason="the previous canary step is still running")
-        return dg.SensorResult(run_requests=[dg.RunRequest()])
+        # Canary steps go ahead of queued ingest and monitoring runs: traffic is waiting.
+        return dg.SensorResult(run_requests=[dg.RunRequest(tags={"dagster/priority": "10"})])
 
     return _sensor

@@ -11,6 +11,8 @@ from driftloop.settings import Settings
 
 TRIGGER_TAG = "driftloop/trigger"
 TRIGGER_REASON_TAG = "driftloop/trigger_reason"
+# Unix time: train only on batches ingested since then (the detected change point).
+TRAIN_SINCE_TAG = "driftloop/train_since"
 
 
 class DriftloopResource(dg.ConfigurableResource):

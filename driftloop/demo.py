@@ -1,0 +1,828 @@
+"""The closed-loop demo: the world drifts and driftloop notices, retrains and recovers alone.
+
+This module only drives and watches. It starts `mlflow server`, `dagster dev` (webserver
+and daemon, so the sensors really run) and `driftloop serve` as child processes on
+127.0.0.1, sends simulated loan applications to serving over HTTP with delayed feedback,
+lands the labelled rows as files (so retrains see post-drift data), injects covariate
+shift and then concept drift, and records what the loop does on its own: the monitors'
+retrain requests (Dagster GraphQL), the canary's weights and the serving champion
+(`/readyz`). It imports neither Dagster nor Ray, so it measures the system from outside,
+as a user would see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from driftloop.settings import PROJECT_ROOT, Settings, load_settings
+from driftloop.simulate import DriftPlan, LoanStream, write_batches
+
+LAND_MIN_ROWS = 60  # above the children's DRIFTLOOP_MIN_ROWS (50)
+NEVER = 10**12  # a stream position the traffic never reaches: no drift planned yet
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Timings and budgets of one demo run; `QUICK` must finish in < 10 min on 2 cores."""
+
+    rows: int = 20_000  # the first champion's training rows
+    trials: int = 12  # Optuna trials per training run (the oracle gets the same)
+    cv_folds: int = 3
+    requests_per_s: float = 20.0  # one application each
+    feedback_delay_s: float = 3.0
+    land_every_s: float = 30.0  # one ingest run per file: fewer, larger files keep up
+    calm_s: float = 90.0  # traffic before the drift (the drill runs inside it)
+    drill: bool = True
+    concept_after_s: float = 5.0  # concept drift follows covariate shift: one episode
+    recover_timeout_s: float = 420.0  # give up waiting for a new champion after this
+    after_s: float = 60.0  # traffic measured once the new champion serves
+    oracle: bool = True
+    log_window_s: int = 5
+    monitor_window_s: int = 60
+    retrain_cooldown_s: int = 150  # one retrain per episode, a retry if it fails
+    canary_min_samples: int = 40
+    canary_steps: tuple[float, ...] = (0.1, 0.5, 1.0)
+    seed: int = 7
+
+
+FULL = DemoPlan()
+QUICK = replace(FULL, rows=10_000, trials=6, cv_folds=2, calm_s=60.0, after_s=40.0)
+
+
+@dataclass
+class Event:
+    name: str
+    t: float
+    version: str | None
+    accuracy: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.name,
+            "t": round(self.t, 1),
+            "model_version": self.version,
+            "live_accuracy": None if self.accuracy is None else round(self.accuracy, 4),
+        }
+
+
+@dataclass
+class Served:
+    """One answered request (one application): when, by which version, truth and answer."""
+
+    t: float
+    version: str
+    features: dict[str, float]
+    label: int
+    prediction: str
+
+    @property
+    def correct(self) -> bool:
+        return str(self.label) == self.prediction
+
+
+@dataclass
+class LoopState:
+    """What the watcher has seen so far; shared by the traffic and watch threads."""
+
+    started: float
+    events: list[Event] = field(default_factory=list)
+    served: list[Served] = field(default_factory=list)
+    champion: str | None = None
+    challenger: str | None = None
+    weight: float = 0.0
+    champions: list[str] = field(default_factory=list)
+    seen_runs: dict[str, str] = field(default_factory=dict)  # run id -> last status
+    retrains: list[dict[str, Any]] = field(default_factory=list)
+    first_answer: dict[str, float] = field(default_factory=dict)  # version -> t
+    answers: dict[str, int] = field(default_factory=dict)  # version -> requests
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def live_accuracy(self, window_s: float = 15.0) -> float | None:
+        with self.lock:
+            since = self.now() - window_s
+            recent = [s for s in self.served[-2000:] if s.t >= since]
+        return sum(s.correct for s in recent) / len(recent) if recent else None
+
+    def record(self, name: str, version: str | None = None) -> Event:
+        event = Event(name, self.now(), version or self.champion, self.live_accuracy())
+        with self.lock:
+            self.events.append(event)
+        acc = "-" if event.accuracy is None else f"{event.accuracy:.3f}"
+        print(f"[{event.t:6.1f}s] {name}  (champion v{self.champion}, live accuracy {acc})")
+        return event
+
+
+# --- child processes ------------------------------------------------------------------------
+
+
+class Children:
+    """The servers this demo started, stopped in reverse order (serving first, gently)."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs, self.env = logs, env
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, command: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
+        proc = subprocess.Popen(
+            command, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                # SIGINT: `driftloop serve` shuts Ray and HAProxy down in its `finally`.
+                proc.send_signal(signal.SIGINT)
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        self.procs.clear()
+
+
+def free_port(preferred: int) -> int:
+    """`preferred` when nothing listens there, else any free port (a UI may already run)."""
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise RuntimeError("no free port on 127.0.0.1")
+
+
+def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str) -> dict[str, str]:
+    """Fast settings for every child: few trials, short windows, canary promotion."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
+    env.update(
+        {
+            "DRIFTLOOP_HOME": str(home),
+            "DAGSTER_HOME": str(home / "dagster"),
+            "DRIFTLOOP_N_TRIALS": str(plan.trials),
+            "DRIFTLOOP_CV_FOLDS": str(plan.cv_folds),
+            "DRIFTLOOP_MIN_ROWS": "50",
+            "DRIFTLOOP_SEED": str(plan.seed),
+            "DRIFTLOOP_PROMOTION_POLICY": "canary",
+            "DRIFTLOOP_PREDICTION_LOG_WINDOW_S": str(plan.log_window_s),
+            "DRIFTLOOP_MONITOR_WINDOW_S": str(plan.monitor_window_s),
+            "DRIFTLOOP_MONITOR_MIN_ROWS": "100",
+            "DRIFTLOOP_RETRAIN_COOLDOWN_S": str(plan.retrain_cooldown_s),
+            "DRIFTLOOP_CANARY_MIN_SAMPLES": str(plan.canary_min_samples),
+            "DRIFTLOOP_CANARY_STEPS": json.dumps(list(plan.canary_steps)),
+            # Two shared cores: queueing, not the model, dominates latency; judge accuracy.
+            "DRIFTLOOP_CANARY_MAX_P99_MS": "60000",
+            "DRIFTLOOP_LANDING_SENSOR_INTERVAL_S": "5",
+            "DRIFTLOOP_ADMIN_API_KEY": admin_key,
+            "DRIFTLOOP_SERVE_PORT": str(ports["serve"]),
+            "DRIFTLOOP_SERVING_URL": f"http://127.0.0.1:{ports['serve']}",
+            "DRIFTLOOP_DAGSTER_PORT": str(ports["dagster"]),
+            "DRIFTLOOP_MLFLOW_PORT": str(ports["mlflow"]),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{what} did not come up within {timeout_s:.0f}s (see the logs)")
+
+
+# --- the rollback drill's deliberately bad challenger -------------------------------------------
+
+
+def register_bad_challenger() -> str:
+    """Train on the accepted rows with inverted labels, register it as `@challenger`, and
+    let it through the offline gate by configuration (floor 0, margin -1): only the live
+    canary can catch it. Runs in a child process with the demo's environment."""
+    from driftloop.candidate import register_candidate
+    from driftloop.data import BatchStore, build_training_set
+    from driftloop.hpo import run_search
+    from driftloop.promotion import apply, decide
+    from driftloop.registry import CHAMPION, Registry, configure_tracking, ensure_experiment
+    from driftloop.schema import load_schema
+    from driftloop.training import TRUSTED_TYPES, evaluate
+
+    settings = load_settings().model_copy(update={"n_trials": 2})
+    configure_tracking(settings)
+    schema = load_schema(settings.schema_path)
+    assert schema is not None, "no schema yet: train the first champion before the drill"
+    rows = BatchStore(settings.batches).read_all()
+    target = schema.target
+    # Inverted labels, not shuffled ones: with imbalanced classes a shuffled-label model
+    # predicts the majority class and stays deceptively close to the champion.
+    first, *rest = sorted(rows[target].unique().tolist())
+    rows[target] = rows[target].map({first: rest[-1], rest[-1]: first}).fillna(rows[target])
+    training = build_training_set(rows, schema, settings.holdout_fraction, settings.seed)
+    registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
+    trigger = "drill: trained on inverted labels"
+    experiment = ensure_experiment(settings, settings.model_name)
+    search = run_search(
+        training, settings, experiment, {"driftloop.trigger": trigger}, lambda _: None
+    )
+    candidate = register_candidate(training, search, settings, registry, trigger)
+    champion = registry.by_alias(CHAMPION)
+    assert champion is not None
+    holdout = training.xy(training.holdout)
+    ours = evaluate(registry.load_verified(candidate.version.version, TRUSTED_TYPES), *holdout)
+    theirs = evaluate(registry.load_verified(champion.version, TRUSTED_TYPES), *holdout)
+    decision = decide(
+        candidate.version.version, (ours, None), champion.version, (theirs, None), -1.0, 0.0
+    )
+    apply(decision, registry, "canary")
+    print(candidate.version.version)
+    return candidate.version.version
+
+
+# --- traffic ----------------------------------------------------------------------------------
+
+
+class Traffic(threading.Thread):
+    """Requests at a steady rate, feedback after a delay, labelled rows landed as files."""
+
+    def __init__(
+        self, state: LoopState, url: str, plan: DemoPlan, settings: Settings, model: str
+    ) -> None:
+        super().__init__(daemon=True, name="traffic")
+        self.state, self.plan, self.settings = state, plan, settings
+        self.client = httpx.Client(base_url=url, timeout=30)
+        self.predict_path = f"/v1/models/{model}:predict"
+        self.stream = LoanStream(seed=plan.seed + 1000, plan=DriftPlan(NEVER, NEVER))
+        self.stop_event = threading.Event()
+        self.pending: deque[tuple[float, list[dict[str, Any]]]] = deque()
+        self.unlanded: list[dict[str, Any]] = []
+        self.errors = 0
+
+    def inject(self, kind: str) -> None:
+        """From the next row on: `covariate` shift of P(x), or `concept` drift of P(y | x)."""
+        plan, at = self.stream.plan, self.stream.position
+        if kind == "covariate":
+            plan = replace(plan, covariate_shift_at=at)
+        else:
+            plan = replace(plan, concept_drift_at=at)
+        self.stream.plan = plan
+
+    def run(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        period = 1 / self.plan.requests_per_s
+        last_land = time.monotonic()
+        next_at = time.monotonic()
+        in_flight: set[Any] = set()
+        # A few requests in flight keep the rate steady when a busy machine slows answers.
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="request") as pool:
+            while not self.stop_event.is_set():
+                in_flight = {f for f in in_flight if not f.done()}
+                if len(in_flight) < 4:
+                    in_flight.add(pool.submit(self._one_request, *next(self.stream)))
+                self._send_due_feedback()
+                # Ingest rejects batches under DRIFTLOOP_MIN_ROWS: land whole batches only.
+                if (
+                    time.monotonic() - last_land >= self.plan.land_every_s
+                    and len(self.unlanded) >= LAND_MIN_ROWS
+                ):
+                    self._land()
+                    last_land = time.monotonic()
+                next_at = max(next_at + period, time.monotonic() - 1)
+                time.sleep(max(0.0, next_at - time.monotonic()))
+        self.client.close()
+
+    def _one_request(self, features: dict[str, float], label: int) -> None:
+        # One application per request: feedback is per request id, so a request's label
+        # must belong to exactly one row.
+        try:
+            response = self.client.post(self.predict_path, json={"instances": [features]})
+            response.raise_for_status()
+        except httpx.HTTPError:
+            self.errors += 1
+            return
+        body = response.json()
+        version = str(body["model_version"])
+        served = Served(self.state.now(), version, features, label, str(body["predictions"][0]))
+        with self.state.lock:
+            self.state.served.append(served)
+            self.state.first_answer.setdefault(version, served.t)
+            self.state.answers[version] = self.state.answers.get(version, 0) + 1
+        due = time.monotonic() + self.plan.feedback_delay_s
+        with self.state.lock:
+            self.pending.append((due, [{"request_id": body["request_id"], "label": label}]))
+            self.unlanded.append({**features, "label": label})
+
+    def _send_due_feedback(self) -> None:
+        due: list[dict[str, Any]] = []
+        with self.state.lock:
+            while self.pending and self.pending[0][0] <= time.monotonic():
+                due.extend(self.pending.popleft()[1])
+        if due:
+            try:
+                self.client.post("/v1/feedback", json=due).raise_for_status()
+            except httpx.HTTPError:
+                self.errors += 1
+
+    def _land(self) -> None:
+        if not self.unlanded:
+            return
+        with self.state.lock:
+            frame = pd.DataFrame.from_records(self.unlanded)
+            self.unlanded = []
+        landing = self.settings.landing
+        landing.mkdir(parents=True, exist_ok=True)
+        path = landing / f"traffic-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.parquet"
+        tmp = path.with_name("." + path.name)
+        frame.rename(columns={"label": self.settings.target_column}).to_parquet(tmp, index=False)
+        tmp.rename(path)  # the landing sensor never sees half a file
+
+
+# --- watching the loop ------------------------------------------------------------------------
+
+RUNS_QUERY = """
+query TrainingRuns {
+  runsOrError(filter: {pipelineName: "training"}) {
+    ... on Runs { results { runId status tags { key value } } }
+  }
+}
+"""
+
+
+class Watcher(threading.Thread):
+    """Polls serving's `/readyz` and Dagster's GraphQL; turns changes into events."""
+
+    def __init__(self, state: LoopState, serve_url: str, dagster_url: str) -> None:
+        super().__init__(daemon=True, name="watcher")
+        self.state = state
+        self.serve = httpx.Client(base_url=serve_url, timeout=10)
+        self.dagster = httpx.Client(base_url=dagster_url, timeout=20)
+        self.stop_event = threading.Event()
+        self.weight_zero_at: dict[str, float] = {}  # challenger version -> t its weight hit 0
+
+    def run(self) -> None:
+        tick = 0
+        while not self.stop_event.is_set():
+            try:
+                self.poll_serving()
+                if tick % 3 == 0:
+                    self.poll_runs()
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass  # a busy server answers next time
+            tick += 1
+            self.stop_event.wait(1.0)
+
+    def poll_serving(self) -> None:
+        ready = self.serve.get("/readyz").json()
+        state = self.state
+        champion = (ready.get("champion") or {}).get("version")
+        challenger = (ready.get("challenger") or {}).get("version")
+        weight = float(ready.get("canary_weight") or 0.0)
+        if champion and champion != state.champion:
+            state.champion = champion
+            state.champions.append(champion)
+            state.record(f"v{champion} serves as @champion", champion)
+        who = challenger or state.challenger  # the version the weight belonged to
+        if challenger != state.challenger:
+            if challenger:
+                state.record(f"v{challenger} is @challenger", challenger)
+            elif state.challenger and state.challenger != champion:
+                state.record(f"v{state.challenger} no longer @challenger", state.challenger)
+            state.challenger = challenger
+        if weight != state.weight:
+            state.record(f"canary weight {state.weight:.0%} -> {weight:.0%} (v{who})", who)
+            if weight == 0.0 and who:
+                self.weight_zero_at.setdefault(who, state.now())
+            state.weight = weight
+
+    def poll_runs(self, prime: bool = False) -> None:
+        """New and finished training runs; `prime` only notes the runs that already exist."""
+        body = self.dagster.post("/graphql", json={"query": RUNS_QUERY}).json()
+        runs = body["data"]["runsOrError"]["results"]
+        for run in reversed(runs):  # oldest first
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            trigger = tags.get("driftloop/trigger", "manual")
+            before = self.state.seen_runs.get(run["runId"])
+            if before == run["status"]:
+                continue
+            self.state.seen_runs[run["runId"]] = run["status"]
+            if prime:
+                continue
+            if before is None:
+                reason = tags.get("driftloop/trigger_reason", "")
+                self.state.retrains.append(
+                    {"run_id": run["runId"], "trigger": trigger, "t": self.state.now()}
+                )
+                self.state.record(f"training run requested ({trigger}: {reason[:80]})")
+            if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+                self.state.record(f"training run {run['runId'][:8]} {run['status'].lower()}")
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+
+def run_demo(
+    plan: DemoPlan,
+    base: Settings,
+    json_path: Path | None = None,
+    keep_ui: bool = False,
+    out: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the loop end to end; returns the summary (also written to `json_path`)."""
+    home = base.home / "demo" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (home / "dagster").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster" / "dagster.yaml")
+    ports = {
+        "serve": free_port(base.serve_port),
+        "dagster": free_port(base.dagster_port),
+        "mlflow": free_port(base.mlflow_port),
+    }
+    env = child_env(home, plan, ports, secrets.token_urlsafe(16))
+    settings = Settings(home=home)
+    bin_dir = Path(sys.executable).parent
+    children = Children(logs, env)
+    state = LoopState(started=time.monotonic())
+    out(f"demo home {home} (logs in {logs})")
+    try:
+        return _loop(plan, settings, env, ports, bin_dir, children, state, json_path, keep_ui, out)
+    finally:
+        children.stop()
+
+
+def _loop(
+    plan: DemoPlan,
+    settings: Settings,
+    env: dict[str, str],
+    ports: dict[str, int],
+    bin_dir: Path,
+    children: Children,
+    state: LoopState,
+    json_path: Path | None,
+    keep_ui: bool,
+    out: Callable[[str], None],
+) -> dict[str, Any]:
+    home = settings.home
+    urls = {
+        "serve": f"http://127.0.0.1:{ports['serve']}",
+        "dagster": f"http://127.0.0.1:{ports['dagster']}",
+        "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
+    }
+    children.start(
+        "mlflow",
+        [
+            str(bin_dir / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports["mlflow"]),
+            "--backend-store-uri",
+            settings.mlflow_tracking_uri,
+            "--default-artifact-root",
+            settings.mlflow_artifact_root,
+        ],
+        home,
+    )
+    out(f"[setup] simulating {plan.rows} applications and training the first champion")
+    write_batches(
+        LoanStream(seed=plan.seed), plan.rows, 5_000, settings.landing, settings.target_column
+    )
+    started = time.monotonic()
+    trained = subprocess.run(
+        [str(bin_dir / "driftloop"), "train"], env=env, cwd=home, capture_output=True, text=True
+    )
+    (home / "logs" / "first-train.log").write_text(trained.stdout + trained.stderr)
+    if trained.returncode != 0:
+        raise RuntimeError(f"first training failed: {trained.stderr.strip()[-300:]}")
+    out(f"[setup] first champion trained in {time.monotonic() - started:.0f}s")
+    drill_proc = None
+    if plan.drill:  # trains while the servers start; the canary takes it from there
+        out("[setup] drill: training a challenger on inverted labels")
+        drill_proc = subprocess.Popen(
+            [
+                str(bin_dir / "python"),
+                "-c",
+                "import driftloop.demo as d; d.register_bad_challenger()",
+            ],
+            env=env,
+            cwd=home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    children.start(
+        "dagster",
+        [
+            str(bin_dir / "dagster"),
+            "dev",
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(ports["dagster"]),
+        ],
+        home / "dagster",
+    )
+    children.start("serve", [str(bin_dir / "driftloop"), "serve"], home)
+    out("[setup] starting Ray Serve, the Dagster webserver + daemon and the MLflow UI")
+    wait_for(lambda: httpx.get(f"{urls['serve']}/readyz").status_code == 200, 240, "serving")
+    wait_for(lambda: httpx.get(f"{urls['dagster']}/server_info").status_code == 200, 240, "Dagster")
+    state.started = time.monotonic()
+    watcher = Watcher(state, urls["serve"], urls["dagster"])
+    watcher.poll_serving()
+    watcher.poll_runs(prime=True)
+    traffic = Traffic(state, urls["serve"], plan, settings, settings.model_name)
+    traffic.start()
+    watcher.start()
+    first = state.champion
+    state.record("traffic started (calm phase)")
+    try:
+        drill = _calm_phase(plan, state, watcher, drill_proc, home, out)
+        state.record("covariate shift injected")
+        onset = state.now()
+        onset_index = len(state.served)
+        traffic.inject("covariate")
+        _progress_until(state, lambda: state.now() >= onset + plan.concept_after_s, out, 60)
+        traffic.inject("concept")
+        state.record(f"concept drift injected (Agrawal function -> {DriftPlan().drift_function})")
+        concept = state.now()
+        recovered = _progress_until(
+            state,
+            lambda: state.champion not in (first, drill.get("version")),
+            out,
+            plan.recover_timeout_s,
+        )
+        serving_at = state.now() if recovered else None
+        if recovered:
+            state.record("new champion serves; measuring recovery")
+            _progress_until(state, lambda: state.now() >= serving_at + plan.after_s, out, 3600)
+    finally:
+        traffic.stop_event.set()
+        traffic.join(timeout=30)
+        watcher.stop_event.set()
+        watcher.join(timeout=30)
+    summary = _summarise(plan, settings, state, first, onset, onset_index, concept, serving_at)
+    summary["rollback_s"], summary["rollback_requests"] = drill["seconds"], drill["requests"]
+    _print_timeline(state, out)
+    plot = home / "accuracy.png"
+    _plot(state, plot)
+    out(f"plot: {plot}")
+    target = json_path or home / "summary.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(summary, indent=2))
+    out(f"summary: {target}")
+    out(json.dumps({k: v for k, v in summary.items() if k != "events"}, indent=2))
+    if traffic.errors:
+        out(f"note: {traffic.errors} requests or feedback posts failed")
+    if keep_ui:
+        out(f"Dagster UI: {urls['dagster']}\nMLflow UI: {urls['mlflow']}\nserving: {urls['serve']}")
+        out("Ctrl-C stops everything.")
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+    return summary
+
+
+def _progress_until(
+    state: LoopState, done: Callable[[], bool], out: Callable[[str], None], timeout_s: float
+) -> bool:
+    """Wait for `done`, printing a status line every 10 s; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last = 0.0
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        if time.monotonic() - last >= 10:
+            last = time.monotonic()
+            acc = state.live_accuracy()
+            canary = f", canary v{state.challenger} {state.weight:.0%}" if state.challenger else ""
+            out(
+                f"[{state.now():6.1f}s] champion v{state.champion}{canary}, live accuracy "
+                f"{'-' if acc is None else f'{acc:.3f}'}, {len(state.served)} requests"
+            )
+        time.sleep(0.5)
+    return False
+
+
+def _calm_phase(
+    plan: DemoPlan,
+    state: LoopState,
+    watcher: Watcher,
+    drill_proc: subprocess.Popen[str] | None,
+    home: Path,
+    out: Callable[[str], None],
+) -> dict[str, Any]:
+    """Calm traffic; with the drill, an inverted-label challenger the canary must roll back."""
+    calm_end = state.now() + plan.calm_s
+    drill: dict[str, Any] = {"version": None, "seconds": None, "requests": None}
+    if drill_proc is not None:
+        made = drill_proc.communicate()
+        (home / "logs" / "drill.log").write_text(made[0] + made[1])
+        if drill_proc.returncode != 0:
+            out(f"drill skipped: {made[1].strip()[-200:]}")
+        else:
+            bad = made[0].strip().splitlines()[-1]
+            drill["version"] = bad
+            state.record(f"drill: v{bad} registered as @challenger (gate opened by configuration)")
+            gone = _progress_until(
+                state,
+                lambda: bad in watcher.weight_zero_at and bad != state.challenger,
+                out,
+                240,
+            )
+            first = state.first_answer.get(bad)
+            if gone and first is not None:
+                drill["seconds"] = round(watcher.weight_zero_at[bad] - first, 1)
+                drill["requests"] = state.answers.get(bad, 0)
+                state.record(
+                    f"drill: v{bad} rolled back {drill['seconds']}s after its first canary "
+                    f"request, having answered {drill['requests']} requests"
+                )
+            else:
+                out("drill: the bad challenger was not rolled back in time")
+    _progress_until(state, lambda: state.now() >= calm_end, out, 3600)
+    return drill
+
+
+# --- the numbers ------------------------------------------------------------------------------
+
+
+def _accuracy(served: list[Served]) -> float | None:
+    return round(sum(s.correct for s in served) / len(served), 4) if served else None
+
+
+def _summarise(
+    plan: DemoPlan,
+    settings: Settings,
+    state: LoopState,
+    first: str | None,
+    onset: float,
+    onset_index: int,
+    concept: float,
+    serving_at: float | None,
+) -> dict[str, Any]:
+    """The issue's summary keys; times are seconds since the traffic started."""
+    served = state.served
+    detected = next(
+        (
+            r["t"]
+            for r in state.retrains
+            if r["trigger"] in ("drift", "quality") and r["t"] >= onset
+        ),
+        None,
+    )
+    delay = None
+    if detected is not None:
+        delay = sum(1 for s in served[onset_index:] if s.t + plan.feedback_delay_s <= detected)
+    before = [s for s in served[:onset_index] if s.version == first and s.t >= onset - 60]
+    end = serving_at if serving_at is not None else state.now()
+    during = [s for s in served[onset_index:] if s.t < end]
+    buckets = [
+        _accuracy([s for s in during if t <= s.t < t + 10]) for t in np.arange(onset, end, 10.0)
+    ]
+    post = [s for s in served[onset_index:] if s.t >= concept]
+    if serving_at is not None:
+        after = [s for s in post if s.t >= serving_at]
+        learn = [s for s in post if s.t < serving_at]
+    else:  # never recovered: judge the last third of the drifted traffic
+        cut = len(post) * 2 // 3
+        learn, after = post[:cut], post[cut:]
+    static, oracle = _counterfactuals(plan, settings, first, learn, after)
+    versions = [e.version for e in state.events if e.name.endswith("serves as @champion")]
+    return {
+        "drift_onset_s": round(onset, 1),
+        "detected_at_s": None if detected is None else round(detected, 1),
+        "detection_delay_samples": delay,
+        "new_champion_serving_at_s": None if serving_at is None else round(serving_at, 1),
+        "accuracy": {
+            "before": _accuracy(before),
+            "min_during": min((b for b in buckets if b is not None), default=None),
+            "after": _accuracy([s for s in after if s.version == state.champion])
+            if serving_at is not None
+            else _accuracy(after),
+            "static_after": static,
+            "oracle_after": oracle,
+        },
+        "rollback_s": None,
+        "rollback_requests": None,
+        "events": [e.as_dict() for e in state.events],
+        "champion_versions": [v for v in versions if v is not None],
+    }
+
+
+def _counterfactuals(
+    plan: DemoPlan, settings: Settings, first: str | None, learn: list[Served], after: list[Served]
+) -> tuple[float | None, float | None]:
+    """The first champion frozen (static) and a model searched on post-drift rows (oracle),
+    both scored on the same post-recovery traffic."""
+    if not after or first is None:
+        return None, None
+    from driftloop.data import BATCH_COLUMN, build_training_set
+    from driftloop.hpo import run_search
+    from driftloop.registry import Registry, configure_tracking, ensure_experiment
+    from driftloop.schema import load_schema
+    from driftloop.training import TRUSTED_TYPES, limited_threads, make_model
+
+    budget = settings.model_copy(update={"n_trials": plan.trials, "cv_folds": plan.cv_folds})
+    configure_tracking(budget)
+    schema = load_schema(budget.schema_path)
+    assert schema is not None
+    x_after = pd.DataFrame.from_records([s.features for s in after])[schema.feature_names]
+    y_after = np.array([s.label for s in after])
+    registry = Registry(budget.mlflow_tracking_uri, budget.model_name)
+    static_model = registry.load_verified(first, TRUSTED_TYPES)
+    static = float((static_model.predict(x_after).astype(int) == y_after).mean())
+    oracle = None
+    if plan.oracle and len(learn) >= 200:
+        rows = pd.DataFrame.from_records([{**s.features, schema.target: s.label} for s in learn])
+        rows[BATCH_COLUMN] = "oracle"
+        training = build_training_set(rows, schema, budget.holdout_fraction, budget.seed)
+        experiment = ensure_experiment(budget, f"{budget.model_name}-oracle")
+        search = run_search(training, budget, experiment, {"driftloop.trigger": "oracle"}, print)
+        with limited_threads(budget.train_threads):
+            model = make_model(search.best_params, schema, budget.seed).fit(
+                *training.xy(training.train)
+            )
+        oracle = float((model.predict(x_after).astype(int) == y_after).mean())
+    return round(static, 4), None if oracle is None else round(oracle, 4)
+
+
+def _print_timeline(state: LoopState, out: Callable[[str], None]) -> None:
+    out("\ntimeline")
+    out(f"{'t (s)':>7}  {'version':>7}  {'live acc':>8}  event")
+    for event in state.events:
+        acc = "-" if event.accuracy is None else f"{event.accuracy:.3f}"
+        out(
+            f"{event.t:7.1f}  {('v' + event.version) if event.version else '-':>7}  {acc:>8}  "
+            f"{event.name}"
+        )
+
+
+def _plot(state: LoopState, path: Path) -> None:
+    """Live accuracy in 5 s buckets with every event as a labelled vertical line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    served = state.served
+    if not served:
+        return
+    end = served[-1].t
+    times, values = [], []
+    for start in np.arange(0, end, 5.0):
+        bucket = [s for s in served if start <= s.t < start + 5]
+        if bucket:
+            times.append(start + 2.5)
+            values.append(sum(s.correct for s in bucket) / len(bucket))
+    fig, ax = plt.subplots(figsize=(12, 5))
+    ax.plot(times, values, color="black", linewidth=1.2, label="live accuracy (5 s buckets)")
+    notable = ("drift injected", "serves as @champion", "training run requested", "rolled back")
+    for event in state.events:
+        if any(word in event.name for word in notable):
+            ax.axvline(event.t, color="tab:red", alpha=0.4, linestyle="--")
+            ax.text(event.t, 0.02, event.name[:40], rotation=90, fontsize=7, va="bottom")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("seconds since traffic started")
+    ax.set_ylabel("accuracy")
+    ax.set_title("driftloop demo: live accuracy and what the loop did")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
