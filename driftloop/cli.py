@@ -316,9 +316,30 @@ def start_uis(settings: Settings) -> dict[str, str]:
 
     prepare_dagster_home(settings)
     configure_tracking(settings)
-    bin_dir = Path(sys.executable).parent
     settings.logs.mkdir(parents=True, exist_ok=True)
-    commands = {
+    commands = ui_commands(settings)
+    # MLflow's server-side job runner (GenAI evaluation jobs) costs a dozen processes here.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    for name, command in commands.items():
+        log = open(settings.logs / f"{name}-ui.log", "ab")  # noqa: SIM115 - lives with the child
+        # From DAGSTER_HOME, so `dagster dev` does not also find the repo's dagster.yaml.
+        cwd = settings.dagster_home
+        _CHILDREN.append(
+            subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
+    atexit.register(_stop_children)
+    return {
+        "Dagster UI": f"http://127.0.0.1:{settings.dagster_port}",
+        "MLflow UI": f"http://127.0.0.1:{settings.mlflow_port}",
+        "logs": str(settings.logs),
+    }
+
+
+def ui_commands(settings: Settings) -> dict[str, list[str]]:
+    """`dagster dev` (webserver + daemon, so sensors and schedules run) and the MLflow
+    server, both on 127.0.0.1: shared by `driftloop ui` and the demo."""
+    bin_dir = Path(sys.executable).parent
+    return {
         "dagster": [
             str(bin_dir / "dagster"),
             "dev",
@@ -341,21 +362,6 @@ def start_uis(settings: Settings) -> dict[str, str]:
             "--default-artifact-root",
             settings.mlflow_artifact_root,
         ],
-    }
-    # MLflow's server-side job runner (GenAI evaluation jobs) costs a dozen processes here.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    for name, command in commands.items():
-        log = open(settings.logs / f"{name}-ui.log", "ab")  # noqa: SIM115 - lives with the child
-        # From DAGSTER_HOME, so `dagster dev` does not also find the repo's dagster.yaml.
-        cwd = settings.dagster_home
-        _CHILDREN.append(
-            subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        )
-    atexit.register(_stop_children)
-    return {
-        "Dagster UI": f"http://127.0.0.1:{settings.dagster_port}",
-        "MLflow UI": f"http://127.0.0.1:{settings.mlflow_port}",
-        "logs": str(settings.logs),
     }
 
 

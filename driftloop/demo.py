@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from driftloop.cli import ui_commands
 from driftloop.settings import PROJECT_ROOT, Settings, load_settings
 from driftloop.simulate import DriftPlan, LoanStream, write_batches
 
@@ -503,22 +504,12 @@ def _loop(
         "dagster": f"http://127.0.0.1:{ports['dagster']}",
         "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
     }
-    children.start(
-        "mlflow",
-        [
-            str(bin_dir / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ports["mlflow"]),
-            "--backend-store-uri",
-            settings.mlflow_tracking_uri,
-            "--default-artifact-root",
-            settings.mlflow_artifact_root,
-        ],
-        home,
+    servers = ui_commands(
+        settings.model_copy(
+            update={"dagster_port": ports["dagster"], "mlflow_port": ports["mlflow"]}
+        )
     )
+    children.start("mlflow", servers["mlflow"], home)
     out(f"[setup] simulating {plan.rows} applications and training the first champion")
     write_batches(
         LoanStream(seed=plan.seed), plan.rows, 5_000, settings.landing, settings.target_column
@@ -546,20 +537,7 @@ def _loop(
             stderr=subprocess.PIPE,
             text=True,
         )
-    children.start(
-        "dagster",
-        [
-            str(bin_dir / "dagster"),
-            "dev",
-            "-w",
-            str(PROJECT_ROOT / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(ports["dagster"]),
-        ],
-        home / "dagster",
-    )
+    children.start("dagster", servers["dagster"], home / "dagster")
     children.start("serve", [str(bin_dir / "driftloop"), "serve"], home)
     out("[setup] starting Ray Serve, the Dagster webserver + daemon and the MLflow UI")
     wait_for(lambda: httpx.get(f"{urls['serve']}/readyz").status_code == 200, 240, "serving")
