@@ -4,7 +4,6 @@ Tests never touch the repository's own `.driftloop/`: every home is a temp direc
 the environment is restored afterwards.
 """
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,19 +58,13 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]
     Tests that change aliases must restore them or use `home` instead.
     """
     root = tmp_path_factory.mktemp("trained") / "home"
-    saved = {k: os.environ.get(k) for k in ("DRIFTLOOP_HOME", "DAGSTER_HOME", *FAST_ENV)}
-    os.environ.pop("DAGSTER_HOME", None)
-    os.environ["DRIFTLOOP_HOME"] = str(root)
-    os.environ.update(FAST_ENV)
-    settings = load_settings()
-    land(settings, rows=3000, batch_rows=1500)
-    result = train(settings)
-    assert result.success, "the shared training run failed"
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("DAGSTER_HOME", raising=False)
+        patch.setenv("DRIFTLOOP_HOME", str(root))
+        for key, value in FAST_ENV.items():
+            patch.setenv(key, value)
+        settings = load_settings()
+        land(settings, rows=3000, batch_rows=1500)
+        result = train(settings)
+        assert result.success, "the shared training run failed"
         yield settings
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
