@@ -273,7 +273,20 @@ def write_instance_yaml(dagster_home: Path) -> Path:
     return target
 
 
-def run_trials(study_name: str, n_trials: int, worker: str, rows: int = 2000) -> dict[str, float]:
+def _await_peers(barrier: Path, worker: str, peers: int, timeout_s: float = 300) -> None:
+    """Sign in at `barrier` and wait until all `peers` have: interpreter start-up differs by
+    seconds between processes, and without this one worker can finish before the other starts."""
+    (barrier / worker).touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(barrier.iterdir())) < peers:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(list(barrier.iterdir()))} of {peers} workers started")
+        time.sleep(0.02)
+
+
+def run_trials(
+    study_name: str, n_trials: int, worker: str, rows: int, barrier: Path, peers: int
+) -> dict[str, float]:
     """One HPO worker: add `n_trials` real trials (driftloop's search space and CV) to the
     shared study named in `DRIFTLOOP_OPTUNA_STORAGE`; what a second training pod would do."""
     import optuna
@@ -295,6 +308,7 @@ def run_trials(study_name: str, n_trials: int, worker: str, rows: int = 2000) ->
         params = suggest_params(trial)
         return cross_validate(params, schema, x, y, settings.cv_folds, settings.seed)
 
+    _await_peers(barrier, worker, peers)
     started = time.perf_counter()
     with limited_threads(settings.train_threads):  # one core per worker by default
         study.optimize(objective, n_trials=n_trials)
@@ -304,11 +318,13 @@ def run_trials(study_name: str, n_trials: int, worker: str, rows: int = 2000) ->
 def start_trial_workers(
     study_name: str, trials_per_worker: int, workers: int, env: dict[str, str], rows: int = 2000
 ) -> list[subprocess.Popen]:
-    """Start `workers` processes of `run_trials` on one study at the same moment."""
+    """Start `workers` processes of `run_trials` on one study; their first trials start
+    together (a barrier directory), so the study really is written from both at once."""
+    barrier = tempfile.mkdtemp(prefix="driftloop-hpo-barrier-")
     command = [sys.executable, __file__, study_name, str(trials_per_worker)]
     return [
         subprocess.Popen(
-            [*command, f"w{index}", str(rows)],
+            [*command, f"w{index}", str(rows), barrier, str(workers)],
             env={**os.environ, **env, "DRIFTLOOP_HPO_WORKER": str(index)},
             stdout=subprocess.PIPE,
             text=True,
@@ -320,4 +336,8 @@ def start_trial_workers(
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(run_trials(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
+    study_arg, trials_arg, worker_arg, rows_arg, barrier_arg, peers_arg = sys.argv[1:7]
+    report = run_trials(
+        study_arg, int(trials_arg), worker_arg, int(rows_arg), Path(barrier_arg), int(peers_arg)
+    )
+    print(json.dumps(report))
