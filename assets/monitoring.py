@@ -1,10 +1,12 @@
 """Monitoring: feature drift of live traffic and live quality per model version.
 
-Both read the serving prediction/feedback log (Parquet files under the home) as a source
-and publish their numbers as metadata, so the Dagster UI plots them over time; the drift
-and quality sensors decide from those materialisations.
+Both read the serving prediction/feedback log (Parquet files in a folder or S3 prefix) as a
+source and publish their numbers as metadata, so the Dagster UI plots them over time; the
+drift and quality sensors decide from those materialisations. With a Pushgateway configured
+the same numbers become Prometheus gauges for the dashboard and alert rules.
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -12,6 +14,7 @@ import mlflow
 
 from driftloop.data import TrainingSet
 from driftloop.monitoring import error_changes, feature_drift, join_feedback, live_quality, read_log
+from driftloop.pushgateway import push_drift_share, push_live_accuracy
 from driftloop.registry import CHAMPION
 from pipelines.resources import DriftloopResource
 
@@ -30,7 +33,7 @@ def feature_drift_report(
     artifact of the champion's run, linked here)."""
     settings = driftloop.settings()
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
-    traffic = read_log(settings.prediction_log_dir, since)
+    traffic = read_log(settings.prediction_log, since)
     columns = training_dataset.schema.feature_names
     if len(traffic) < settings.monitor_min_rows:
         context.log.info(f"{len(traffic)} recent predictions; need {settings.monitor_min_rows}")
@@ -44,6 +47,9 @@ def feature_drift_report(
     report = settings.logs / "drift" / f"drift-{datetime.now(UTC):%Y%m%dT%H%M%S}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(result.html)
+    export(
+        context, settings.pushgateway_url, lambda url: push_drift_share(url, result.share_drifted)
+    )
     champion = driftloop.registry().by_alias(CHAMPION)
     if champion is not None and champion.run_id:
         mlflow.MlflowClient(settings.mlflow_tracking_uri).log_artifact(
@@ -79,14 +85,17 @@ def live_model_quality(
     settings = driftloop.settings()
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
     joined = join_feedback(
-        read_log(settings.prediction_log_dir, since), read_log(settings.feedback_log_dir, since)
+        read_log(settings.prediction_log, since), read_log(settings.feedback_log, since)
     )
     champion = driftloop.registry().by_alias(CHAMPION)
     metadata: dict[str, object] = {"labelled": len(joined)}
-    for quality in live_quality(joined):
+    qualities = live_quality(joined)
+    for quality in qualities:
         metadata[f"accuracy/v{quality.model_version}"] = quality.accuracy
         metadata[f"log_loss/v{quality.model_version}"] = quality.log_loss
         metadata[f"count/v{quality.model_version}"] = quality.count
+    accuracy = {q.model_version: q.accuracy for q in qualities}
+    export(context, settings.pushgateway_url, lambda url: push_live_accuracy(url, accuracy))
     if champion is not None:
         rows = joined[joined["model_version"] == champion.version]
         errors = (rows["prediction"].astype(str) != rows["label"].astype(str)).to_numpy()
@@ -105,3 +114,14 @@ def live_model_quality(
                 f"{changes.first} (ADWIN {changes.adwin}, Page-Hinkley {changes.page_hinkley})"
             )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def export(context: dg.AssetExecutionContext, url: str | None, push: Callable[[str], None]) -> None:
+    """Push gauges when a Pushgateway is configured; an unreachable one costs a warning, not
+    the monitoring run (the metadata above is the record)."""
+    if url is None:
+        return
+    try:
+        push(url)
+    except OSError as error:
+        context.log.warning(f"could not push gauges to the Pushgateway: {error}")

@@ -135,10 +135,10 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         else DEFAULT_DRIFT_FUNCTION,
     )
     stream = LoanStream(seed=args.seed, plan=plan)
-    paths = write_batches(
+    names = write_batches(
         stream, args.rows, args.batch_rows, settings.landing, settings.target_column, args.format
     )
-    print(f"wrote {args.rows} rows in {len(paths)} files to {settings.landing}")
+    print(f"wrote {args.rows} rows in {len(names)} files to {settings.landing}")
     return 0
 
 

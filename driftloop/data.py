@@ -8,10 +8,10 @@ whole batch or none of it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from driftloop.schema import DatasetSchema
+from driftloop.storage import Folder
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 BATCH_COLUMN = "_batch"
@@ -31,54 +32,40 @@ class DataFileError(Exception):
     """A landed file that cannot be read as a table; the message is the quarantine reason."""
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def bytes_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def landed_files(landing: Path) -> list[Path]:
-    """Data files waiting in the landing zone, oldest name first; hidden/partial files skipped."""
-    if not landing.is_dir():
-        return []
-    return sorted(
-        p
-        for p in landing.iterdir()
-        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
-    )
-
-
-def partition_key(path: Path, sha256: str) -> str:
+def partition_key(file_name: str, sha256: str) -> str:
     """`<name>-<hash prefix>`: readable in the UI, unique per content."""
-    return f"{_UNSAFE.sub('_', path.name)}-{sha256[:12]}"
+    return f"{_UNSAFE.sub('_', file_name)}-{sha256[:12]}"
 
 
 def file_name_of(key: str) -> str:
     return key.rsplit("-", 1)[0]
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file, turning every failure into one readable reason."""
+def read_table(file_name: str, data: bytes) -> pd.DataFrame:
+    """Parse a CSV or Parquet file's bytes, turning every failure into one readable reason."""
+    suffix = Path(file_name).suffix.lower()
     try:
-        frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
+        buffer = io.BytesIO(data)
+        frame = pd.read_parquet(buffer) if suffix == ".parquet" else pd.read_csv(buffer)
     except Exception as error:
-        raise DataFileError(f"unreadable {path.suffix} file: {error}".strip()) from error
+        raise DataFileError(f"unreadable {suffix} file: {error}".strip()) from error
     if frame.empty:
         raise DataFileError("file has no rows")
     return frame
 
 
-def quarantine(path: Path, quarantine_dir: Path, reasons: list[str]) -> Path:
-    """Move a rejected file aside with a `<name>.reason.json` next to it."""
-    quarantine_dir.mkdir(parents=True, exist_ok=True)
+def quarantine(landing: Folder, file_name: str, quarantine_to: Folder, reasons: list[str]) -> str:
+    """Move a rejected file aside with a `<name>.reason.json` next to it; returns its new URL."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    target = quarantine_dir / f"{stamp}-{path.name}"
-    shutil.move(str(path), target)
-    reason = {"file": path.name, "quarantined_at": stamp, "reasons": reasons}
-    target.with_name(target.name + ".reason.json").write_text(json.dumps(reason, indent=2))
-    return target
+    target = f"{stamp}-{file_name}"
+    landing.move_to(file_name, quarantine_to, target)
+    reason = {"file": file_name, "quarantined_at": stamp, "reasons": reasons}
+    quarantine_to.write_bytes(f"{target}.reason.json", json.dumps(reason, indent=2).encode())
+    return f"{quarantine_to.url}/{target}"
 
 
 class BatchStore:

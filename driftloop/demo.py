@@ -365,12 +365,10 @@ class Traffic(threading.Thread):
         with self.state.lock:
             frame = pd.DataFrame.from_records(self.unlanded)
             self.unlanded = []
-        landing = self.settings.landing
-        landing.mkdir(parents=True, exist_ok=True)
-        path = landing / f"traffic-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.parquet"
-        tmp = path.with_name("." + path.name)
-        frame.rename(columns={"label": self.settings.target_column}).to_parquet(tmp, index=False)
-        tmp.rename(path)  # the landing sensor never sees half a file
+        self.settings.landing.write_frame(  # published whole: the sensor never sees half a file
+            f"traffic-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.parquet",
+            frame.rename(columns={"label": self.settings.target_column}),
+        )
 
 
 # --- watching the loop ------------------------------------------------------------------------

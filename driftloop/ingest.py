@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pandas as pd
 
 from driftloop.data import (
+    SUPPORTED_SUFFIXES,
     BatchStore,
     DataFileError,
+    bytes_sha256,
     file_name_of,
-    file_sha256,
-    landed_files,
     partition_key,
     quarantine,
     read_table,
@@ -28,6 +27,7 @@ from driftloop.schema import (
     validate_batch,
 )
 from driftloop.settings import Settings
+from driftloop.storage import Folder
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class IngestOutcome:
     accepted: bool
     rows: int
     checks: list[CheckOutcome]
-    location: Path
+    location: str
     label_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -45,23 +45,22 @@ class IngestOutcome:
 
 
 def pending_files(
-    landing: Path, known_keys: list[str], fingerprints: dict[str, str]
+    landing: Folder, known_keys: list[str], fingerprints: dict[str, str]
 ) -> tuple[list[str], dict[str, str]]:
     """New partition keys in the landing zone, and the fingerprints to remember.
 
-    A file is only hashed when its size or mtime changed since the last scan; a file whose
-    content is already a known partition (under any name) is skipped.
+    A file is only read and hashed when its size or mtime changed since the last scan; a
+    file whose content is already a known partition (under any name) is skipped.
     """
     known_hashes = {key.rsplit("-", 1)[-1] for key in known_keys}
     new_keys: list[str] = []
     remembered: dict[str, str] = {}
-    for path in landed_files(landing):
-        stat = path.stat()
-        fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}"
-        remembered[path.name] = fingerprint
-        if fingerprints.get(path.name) == fingerprint:
+    for landed in landing.files(SUPPORTED_SUFFIXES):
+        fingerprint = f"{landed.size}:{landed.mtime_ns}"
+        remembered[landed.name] = fingerprint
+        if fingerprints.get(landed.name) == fingerprint:
             continue
-        key = partition_key(path, file_sha256(path))
+        key = partition_key(landed.name, bytes_sha256(landing.read_bytes(landed.name)))
         content = key.rsplit("-", 1)[-1]
         if content not in known_hashes:
             known_hashes.add(content)
@@ -72,41 +71,43 @@ def pending_files(
 def ingest(settings: Settings, key: str) -> IngestOutcome:
     """Validate the landed file behind `key`; store it whole or quarantine it with reasons."""
     store = BatchStore(settings.batches)
-    path = settings.landing / file_name_of(key)
-    if not path.exists():
+    landing = settings.landing
+    name = file_name_of(key)
+    landed = landing.info(name)
+    if landed is None:
         if store.path(key).exists():  # re-materialising an accepted partition
             return _accepted_again(settings, store, key)
-        raise DataFileError(f"{path.name} is no longer in the landing zone {settings.landing}")
-    if not file_sha256(path).startswith(key.rsplit("-", 1)[-1]):
+        raise DataFileError(f"{name} is no longer in the landing zone {landing}")
+    data = landing.read_bytes(name)
+    if not bytes_sha256(data).startswith(key.rsplit("-", 1)[-1]):
         raise DataFileError(
-            f"{path.name} changed after it landed; its new content is a partition of its own"
+            f"{name} changed after it landed; its new content is a partition of its own"
         )
     try:
-        frame = read_table(path)
+        frame = read_table(name, data)
     except DataFileError as error:
-        return _reject(settings, key, path, _unreadable(str(error)), rows=0)
+        return _reject(settings, key, name, _unreadable(str(error)), rows=0)
     schema = load_schema(settings.schema_path)
     if schema is None:
         try:
             schema = infer_schema(frame, settings.target_column)
         except ValueError as error:
-            return _reject(settings, key, path, _unreadable(str(error)), rows=len(frame))
+            return _reject(settings, key, name, _unreadable(str(error)), rows=len(frame))
     checks = validate_batch(frame, schema, settings.min_rows)
     if not all(c.passed for c in checks):
-        return _reject(settings, key, path, checks, rows=len(frame))
+        return _reject(settings, key, name, checks, rows=len(frame))
     in_force = save_schema_once(schema, settings.schema_path)
     if in_force != schema:  # another batch set the schema first: judge against that one
         checks = validate_batch(frame, in_force, settings.min_rows)
         if not all(c.passed for c in checks):
-            return _reject(settings, key, path, checks, rows=len(frame))
+            return _reject(settings, key, name, checks, rows=len(frame))
     stored = store.write(key, conform(frame, in_force))
     # A batch is dated by when its file landed, not when a (possibly queued) run ingested
     # it: training windows after a detected change select by this time.
-    landed_at = path.stat().st_mtime
-    os.utime(stored, (landed_at, landed_at))
+    os.utime(stored, ns=(landed.mtime_ns, landed.mtime_ns))
     labels = frame[in_force.target].value_counts().sort_index()
     return IngestOutcome(
-        key, True, len(frame), checks, stored, {str(k): int(v) for k, v in labels.items()}
+        key, True, len(frame), checks, str(stored), {str(k): int(v) for k, v in labels.items()}
     )
 
 
@@ -115,7 +116,8 @@ def _accepted_again(settings: Settings, store: BatchStore, key: str) -> IngestOu
     frame = pd.read_parquet(store.path(key))
     assert schema is not None, "an accepted batch implies a saved schema"
     checks = validate_batch(frame, schema, settings.min_rows)
-    return IngestOutcome(key, all(c.passed for c in checks), len(frame), checks, store.path(key))
+    passed = all(c.passed for c in checks)
+    return IngestOutcome(key, passed, len(frame), checks, str(store.path(key)))
 
 
 def _unreadable(reason: str) -> list[CheckOutcome]:
@@ -126,8 +128,8 @@ def _unreadable(reason: str) -> list[CheckOutcome]:
 
 
 def _reject(
-    settings: Settings, key: str, path: Path, checks: list[CheckOutcome], rows: int
+    settings: Settings, key: str, name: str, checks: list[CheckOutcome], rows: int
 ) -> IngestOutcome:
     reasons = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
-    moved = quarantine(path, settings.quarantine, reasons)
+    moved = quarantine(settings.landing, name, settings.quarantine, reasons)
     return IngestOutcome(key, False, rows, checks, moved)

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from river import drift
 
+from driftloop.storage import Folder
 
-def read_log(directory: Path, since: datetime | None = None) -> pd.DataFrame:
-    """Published Parquet files of a serving log (hidden in-progress files are skipped)."""
-    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
-    if not files:
+
+def read_log(log: Folder, since: datetime | None = None) -> pd.DataFrame:
+    """Published Parquet files of a serving log (in-progress files are hidden until whole)."""
+    names = [f.name for f in log.files((".parquet",))]
+    if not names:
         return pd.DataFrame()
-    frame = pd.concat([pd.read_parquet(p) for p in files], ignore_index=True)
+    frame = pd.concat(log.read_parquet(names), ignore_index=True)
     if since is not None and not frame.empty:
         frame = frame[frame["at"] >= pd.Timestamp(since)]
     return frame.reset_index(drop=True)

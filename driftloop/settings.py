@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from driftloop.storage import Folder, is_s3
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,7 +25,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", frozen=True, extra="ignore")
 
     home: Path = Field(default=Path(".driftloop"), description="Root of all local state.")
-    landing_dir: Path | None = Field(default=None, description="Where new data files land.")
+    landing_dir: str | None = Field(
+        default=None, description="Where new data files land: a folder or s3://bucket/prefix."
+    )
     tracking_uri: str | None = Field(default=None, description="MLflow tracking/registry URI.")
     artifact_root: str | None = Field(default=None, description="MLflow artifact root.")
     optuna_storage: str | None = Field(default=None, description="Optuna RDB storage URL.")
@@ -87,6 +91,10 @@ class Settings(BaseSettings):
     serve_poll_interval_s: float = Field(
         default=1.0, gt=0, description="How often replicas look for alias changes."
     )
+    prediction_log_dir: str | None = Field(
+        default=None,
+        description="The serving prediction/feedback log: a folder or s3://bucket/prefix.",
+    )
     prediction_log_window_s: int = Field(
         default=300, ge=1, description="One Parquet file per writer per window."
     )
@@ -94,6 +102,9 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="Queued records before new ones are dropped."
     )
 
+    pushgateway_url: str | None = Field(
+        default=None, description="Prometheus Pushgateway for drift share and live accuracy."
+    )
     monitor_window_s: int = Field(
         default=900, ge=1, description="Recent traffic the monitors judge, in seconds."
     )
@@ -120,19 +131,22 @@ class Settings(BaseSettings):
         default=250.0, gt=0, description="Challenger p99 latency that rolls it back."
     )
 
-    @field_validator("home", "landing_dir")
+    @field_validator("home")
     @classmethod
-    def _absolute(cls, path: Path | None) -> Path | None:
+    def _absolute(cls, path: Path) -> Path:
         # Dagster runs in subprocesses with other working directories: pin paths now.
-        return path.expanduser().resolve() if path is not None else None
+        return path.expanduser().resolve()
 
     @property
-    def landing(self) -> Path:
-        return self.landing_dir or self.home / "landing"
+    def landing(self) -> Folder:
+        return Folder(self.landing_dir or self.home / "landing", self.s3_endpoint_url)
 
     @property
-    def quarantine(self) -> Path:
-        return self.home / "quarantine"
+    def quarantine(self) -> Folder:
+        """Rejected files with their reasons: next to the landing zone when that is in S3."""
+        if self.landing_dir and is_s3(self.landing_dir):
+            return self.landing.child("quarantine")
+        return Folder(self.home / "quarantine")
 
     @property
     def batches(self) -> Path:
@@ -175,17 +189,18 @@ class Settings(BaseSettings):
         return self.home / "serving"
 
     @property
-    def predictions_dir(self) -> Path:
-        """The prediction and feedback log, Parquet files Dagster reads as a source."""
-        return self.home / "predictions"
+    def prediction_log(self) -> Folder:
+        """Served predictions: Parquet files Dagster reads as a source."""
+        return self._serving_log.child("predictions")
 
     @property
-    def prediction_log_dir(self) -> Path:
-        return self.predictions_dir / "predictions"
+    def feedback_log(self) -> Folder:
+        """Ground-truth labels posted to the serving app, joined to predictions by request id."""
+        return self._serving_log.child("feedback")
 
     @property
-    def feedback_log_dir(self) -> Path:
-        return self.predictions_dir / "feedback"
+    def _serving_log(self) -> Folder:
+        return Folder(self.prediction_log_dir or self.home / "predictions", self.s3_endpoint_url)
 
 
 def load_settings() -> Settings:

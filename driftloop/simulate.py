@@ -13,11 +13,12 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 from river.datasets import synth
+
+from driftloop.storage import Folder
 
 DEFAULT_FUNCTION = 4
 DEFAULT_DRIFT_FUNCTION = 1
@@ -84,22 +85,16 @@ def write_batches(
     stream: LoanStream,
     rows: int,
     batch_rows: int,
-    landing: Path,
+    landing: Folder,
     target: str,
     fmt: Literal["csv", "parquet"] = "parquet",
-) -> list[Path]:
+) -> list[str]:
     """Write `rows` rows as files of at most `batch_rows`; names sort in landing order."""
-    landing.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     written = []
     for index, start in enumerate(range(0, rows, batch_rows)):
         frame = stream.take_frame(min(batch_rows, rows - start), target)
-        path = landing / f"loans-{stamp}-{index:04d}.{fmt}"
-        tmp = path.with_name("." + path.name)
-        if fmt == "csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            frame.to_parquet(tmp, index=False)
-        tmp.rename(path)  # a sensor never sees a half-written file
-        written.append(path)
+        name = f"loans-{stamp}-{index:04d}.{fmt}"
+        landing.write_frame(name, frame)  # published whole: a sensor never sees half a file
+        written.append(name)
     return written

@@ -69,9 +69,8 @@ def prediction_log_sensor(settings: Settings) -> dg.SensorDefinition:
         description="Runs the monitors when the serving log has published new files.",
     )
     def _sensor(context: dg.SensorEvaluationContext, driftloop: DriftloopResource):
-        directory = driftloop.settings().prediction_log_dir
-        files = [p for p in directory.glob("*.parquet") if not p.name.startswith(".")]
-        newest = max((p.stat().st_mtime_ns for p in files), default=0)
+        files = driftloop.settings().prediction_log.files((".parquet",))
+        newest = max((f.mtime_ns for f in files), default=0)
         if newest <= int(context.cursor or 0):
             return dg.SensorResult(skip_reason="no new prediction log files")
         busy = context.instance.get_run_records(

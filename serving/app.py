@@ -122,11 +122,10 @@ class ModelServer:
         self.features = self.champion.features
         self.request_models = build_request_models(self.features, self.settings.serve_max_instances)
         writer = f"{_replica_id()}-{uuid.uuid4().hex[:6]}"
-        logs = self.settings.predictions_dir
         window = self.settings.prediction_log_window_s
         capacity = self.settings.prediction_log_capacity
         self.prediction_log = ParquetLog(
-            logs / PREDICTIONS,
+            self.settings.prediction_log,
             prediction_schema(self.features),
             writer,
             window,
@@ -134,7 +133,7 @@ class ModelServer:
             self.metrics.log_dropped.labels(PREDICTIONS).inc,
         )
         self.feedback_log = ParquetLog(
-            logs / FEEDBACK,
+            self.settings.feedback_log,
             FEEDBACK_SCHEMA,
             writer,
             window,

@@ -1,8 +1,8 @@
 """The prediction and feedback log: Parquet files rolled per time window, written off the
-request path.
+request path, into a folder or an S3 prefix.
 
 Requests only append to a bounded in-memory queue; a background thread writes one row
-group per flush into the open file of the current window and publishes it (rename from a
+group per flush into the open file of the current window and publishes it (a move from a
 hidden in-progress name) when the window ends, so a reader never sees a partial file.
 When the queue is full a record is dropped and counted, never waited for.
 """
@@ -15,12 +15,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from driftloop.storage import Folder, Upload
 from serving.schemas import FeatureField
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ParquetLog:
 
     def __init__(
         self,
-        directory: Path,
+        folder: Folder,
         schema: pa.Schema,
         writer_id: str,
         window_s: int,
@@ -71,7 +71,7 @@ class ParquetLog:
         on_drop: Callable[[int], None],
         flush_interval_s: float = 1.0,
     ) -> None:
-        self.directory = directory
+        self.folder = folder
         self.schema = schema
         self.writer_id = writer_id
         self.window_s = window_s
@@ -82,8 +82,8 @@ class ParquetLog:
         self._stop = threading.Event()
         self._writer: pq.ParquetWriter | None = None
         self._window: int | None = None
-        self._open_path: Path | None = None
-        self._thread = threading.Thread(target=self._run, name=f"log-{directory.name}", daemon=True)
+        self._upload: Upload | None = None
+        self._thread = threading.Thread(target=self._run, name=f"log-{folder.url}", daemon=True)
         self._thread.start()
 
     def append(self, records: list[dict[str, Any]]) -> None:
@@ -124,18 +124,13 @@ class ParquetLog:
 
     def _open(self, window: int) -> None:
         stamp = datetime.fromtimestamp(window, UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._open_path = self.directory / f"{stamp}-{self.writer_id}.parquet"
-        self._writer = pq.ParquetWriter(self._in_progress(self._open_path), self.schema)
+        self._upload = self.folder.upload(f"{stamp}-{self.writer_id}.parquet")
+        self._writer = pq.ParquetWriter(self._upload.stream, self.schema)
         self._window = window
 
     def _publish(self) -> None:
-        if self._writer is None or self._open_path is None:
+        if self._writer is None or self._upload is None:
             return
         self._writer.close()
-        self._in_progress(self._open_path).rename(self._open_path)
-        self._writer, self._open_path, self._window = None, None, None
-
-    @staticmethod
-    def _in_progress(path: Path) -> Path:
-        return path.with_name(f".{path.name}.inprogress")
+        self._upload.commit()
+        self._writer, self._upload, self._window = None, None, None

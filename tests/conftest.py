@@ -35,7 +35,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return load_settings()
 
 
-def land(settings: Settings, rows: int, batch_rows: int, seed: int = 7, fmt: str = "parquet"):
+def land(
+    settings: Settings, rows: int, batch_rows: int, seed: int = 7, fmt: str = "parquet"
+) -> list[str]:
+    """Simulated batches into the landing zone; the names of the files written."""
     return write_batches(
         LoanStream(seed=seed), rows, batch_rows, settings.landing, settings.target_column, fmt
     )

@@ -7,16 +7,16 @@ import pandas as pd
 import pytest
 
 from assets.ingestion import landed_batch, landed_files
-from driftloop.data import BatchStore, file_sha256, partition_key
+from driftloop.data import BatchStore, bytes_sha256, partition_key
 from driftloop.settings import Settings
 from pipelines.resources import build_resources
 from tests.conftest import land
 
 
 def materialize(
-    settings: Settings, instance: dg.DagsterInstance, path
+    settings: Settings, instance: dg.DagsterInstance, name: str
 ) -> dg.ExecuteInProcessResult:
-    key = partition_key(path, file_sha256(path))
+    key = partition_key(name, bytes_sha256(settings.landing.read_bytes(name)))
     instance.add_dynamic_partitions(landed_files.name, [key])
     return dg.materialize(
         [landed_batch],
@@ -38,8 +38,8 @@ def instance():
 
 
 def test_good_file_is_accepted_whole(home: Settings, instance: dg.DagsterInstance) -> None:
-    (path,) = land(home, rows=500, batch_rows=500, fmt="csv")
-    result = materialize(home, instance, path)
+    (name,) = land(home, rows=500, batch_rows=500, fmt="csv")
+    result = materialize(home, instance, name)
     assert result.success
     assert all(checks_of(result).values()) and len(checks_of(result)) == 5
     (stored,) = BatchStore(home.batches).keys()
@@ -53,9 +53,10 @@ def test_wrong_schema_file_is_quarantined_and_says_why(
 ) -> None:
     (good,) = land(home, rows=500, batch_rows=500)
     assert materialize(home, instance, good).success
-    bad = home.landing / "bad.csv"
-    pd.read_parquet(good).drop(columns=["age"]).assign(label=3).to_csv(bad, index=False)
-    result = materialize(home, instance, bad)
+    landing = home.landing.local_path
+    bad = landing / "bad.csv"
+    pd.read_parquet(landing / good).drop(columns=["age"]).assign(label=3).to_csv(bad, index=False)
+    result = materialize(home, instance, bad.name)
     assert checks_of(result) == {
         "schema": False,
         "nulls": True,
@@ -64,7 +65,7 @@ def test_wrong_schema_file_is_quarantined_and_says_why(
         "min_rows": True,
     }
     assert not bad.exists() and len(BatchStore(home.batches).keys()) == 1
-    (reason_file,) = home.quarantine.glob("*.reason.json")
+    (reason_file,) = home.quarantine.local_path.glob("*.reason.json")
     reasons = json.loads(reason_file.read_text())["reasons"]
     assert reasons == [
         "schema: missing columns ['age']",
@@ -78,13 +79,11 @@ def test_wrong_schema_file_is_quarantined_and_says_why(
 def test_unreadable_file_is_quarantined_without_touching_the_store(
     home: Settings, instance: dg.DagsterInstance, name: str, content: bytes
 ) -> None:
-    home.landing.mkdir(parents=True)
-    path = home.landing / name
-    path.write_bytes(content)
-    result = materialize(home, instance, path)
+    home.landing.write_bytes(name, content)
+    result = materialize(home, instance, name)
     assert checks_of(result)["schema"] is False
     assert BatchStore(home.batches).keys() == []
-    assert sorted(p.name.split("-", 1)[1] for p in home.quarantine.iterdir()) == [
+    assert sorted(f.name.split("-", 1)[1] for f in home.quarantine.files()) == [
         name,
         f"{name}.reason.json",
     ]

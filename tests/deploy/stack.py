@@ -160,6 +160,35 @@ def s3_server() -> Iterator[str]:
         server.stop()
 
 
+@contextmanager
+def pushgateway() -> Iterator[str]:
+    """Prometheus' Pushgateway (Debian's prometheus-pushgateway) on a free local port."""
+    binary = shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+    if binary is None:
+        raise RuntimeError("no Pushgateway binary: apt-get install prometheus-pushgateway")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/-/ready", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def s3_client(endpoint: str) -> BaseClient:
     return boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
 

@@ -24,7 +24,10 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._core.storage.config import pg_config
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+from ray.serve.schema import ServeDeploySchema
 
+from driftloop.pushgateway import DRIFT_SHARE, LIVE_ACCURACY
+from serving.app import ServeArgs
 from serving.metrics import ServingMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,9 +37,9 @@ INSTANCE = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
 HELM = yaml.safe_load((DEPLOY / "k8s" / "dagster-values.yaml").read_text())
 RAYSERVICE = yaml.safe_load((DEPLOY / "k8s" / "rayservice.yaml").read_text())
 DOCKERFILE = (DEPLOY / "Dockerfile").read_text()
-# The serving app exports these once monitoring publishes drift and live accuracy; the
-# dashboard and alert rules already use them (deploy/README.md, "Metrics").
-MONITORING_METRICS = {"driftloop_drift_share", "driftloop_live_accuracy"}
+# The monitoring assets push these to the Pushgateway (driftloop/pushgateway.py).
+MONITORING_METRICS = {DRIFT_SHARE, LIVE_ACCURACY}
+SERVE_CONFIG = yaml.safe_load((ROOT / "serving" / "serve_config.yaml").read_text())
 # Services that run once and exit, so they have nothing to health-check.
 ONE_SHOT = {"minio-init"}
 COMPOSE_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")  # ${NAME:-default}
@@ -168,6 +171,18 @@ def test_compose_images_are_pinned_and_ports_local() -> None:
                 assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
 
 
+def test_compose_serving_logs_where_dagster_reads_and_gauges_reach_prometheus() -> None:
+    dagster, serving = compose_env("user-code"), compose_env("ray-head")
+    log = serving["DRIFTLOOP_PREDICTION_LOG_DIR"]
+    assert log.startswith("s3://") and dagster["DRIFTLOOP_PREDICTION_LOG_DIR"] == log
+    assert serving["DRIFTLOOP_S3_ENDPOINT_URL"] == dagster["DRIFTLOOP_S3_ENDPOINT_URL"]
+    assert dagster["DRIFTLOOP_LANDING_DIR"].startswith("s3://")
+    gateway = dagster["DRIFTLOOP_PUSHGATEWAY_URL"].removeprefix("http://")
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    [job] = [j for j in scrape["scrape_configs"] if j["job_name"] == "pushgateway"]
+    assert job["honor_labels"] is True and job["static_configs"][0]["targets"] == [gateway]
+
+
 def test_compose_mlflow_uses_postgres_and_s3() -> None:
     command = COMPOSE["services"]["mlflow"]["command"]
     store = command[command.index("--backend-store-uri") + 1]
@@ -216,11 +231,22 @@ def test_serving_image_and_rayservice_match_the_installed_ray() -> None:
 # --- Kubernetes ----------------------------------------------------------------------------
 
 
+def test_serve_config_is_a_valid_autoscaled_deploy_config() -> None:
+    """What `serve deploy` checks first: Ray's own schema, then our application's arguments."""
+    config = ServeDeploySchema.model_validate(SERVE_CONFIG)
+    (app,) = config.applications
+    ServeArgs.model_validate(app.args)
+    (deployment,) = app.deployments
+    assert deployment.num_replicas == "auto"
+    scaling = deployment.autoscaling_config
+    assert 1 <= scaling["min_replicas"] <= scaling["initial_replicas"] <= scaling["max_replicas"]
+    assert "num_replicas" not in app.args  # would fight the autoscaler
+
+
 def test_rayservice_embeds_the_repository_serve_config() -> None:
     """The RayService deploys exactly the applications `serve deploy` would."""
-    repo = yaml.safe_load((ROOT / "serving" / "serve_config.yaml").read_text())
     embedded = yaml.safe_load(RAYSERVICE["spec"]["serveConfigV2"])
-    assert embedded["applications"] == repo["applications"]
+    assert embedded["applications"] == SERVE_CONFIG["applications"]
 
 
 def test_rayservice_autoscales_and_runs_unprivileged() -> None:

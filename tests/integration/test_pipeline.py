@@ -101,11 +101,11 @@ def test_rerun_on_unchanged_data_registers_nothing(trained_home: Settings) -> No
 
 def test_corrupt_file_is_quarantined_while_good_files_are_ingested(home: Settings) -> None:
     land(home, rows=1200, batch_rows=600)
-    (home.landing / "broken.csv").write_text("salary,age\n1,2,3,4\n\x00\x00")
+    home.landing.write_bytes("broken.csv", b"salary,age\n1,2,3,4\n\x00\x00")
     result = train(home)
     assert result.success
     assert len(list(home.batches.glob("*.parquet"))) == 2
-    (reason,) = home.quarantine.glob("*.reason.json")
+    (reason,) = home.quarantine.local_path.glob("*.reason.json")
     assert json.loads(reason.read_text())["file"] == "broken.csv"
     assert registry_of(home).by_alias(CHAMPION).version == "1"
 

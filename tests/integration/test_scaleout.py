@@ -26,6 +26,7 @@ from driftloop.settings import Settings, load_settings
 from driftloop.training import TRUSTED_TYPES
 from tests.conftest import FAST_ENV, land, train
 from tests.deploy.stack import (
+    BUCKET,
     Stack,
     s3_keys,
     scaleout_stack,
@@ -52,6 +53,9 @@ def configure(
         "DRIFTLOOP_HOME": str(root / "home"),
         "DAGSTER_HOME": str(root / "dagster"),
         "DRIFTLOOP_MODEL_NAME": model,
+        # Each test its own prefixes: the bucket is shared by the module.
+        "DRIFTLOOP_LANDING_DIR": f"s3://{BUCKET}/{model}/landing",
+        "DRIFTLOOP_PREDICTION_LOG_DIR": f"s3://{BUCKET}/{model}/serving-log",
         **extra,
     }
     for key, value in env.items():
@@ -78,7 +82,8 @@ def test_training_lands_in_postgres_and_s3(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = configure(stack, tmp_path, "scaleout-train", monkeypatch)
-    land(settings, rows=3000, batch_rows=1500)
+    landed = land(settings, rows=3000, batch_rows=1500)
+    settings.landing.write_bytes("broken.csv", b"salary,age\n1,2,3,4\n\x00\x00")
     result = train(settings)
     assert result.success
     run_id = result.run_id
@@ -99,7 +104,21 @@ def test_training_lands_in_postgres_and_s3(
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert instance.get_run_by_id(run_id).is_success
         ingests = instance.get_runs(dg.RunsFilter(tags={"driftloop/kind": "ingest"}))
-        assert len(ingests) == 2 and all(run.is_success for run in ingests)
+        outcomes = {run.tags["dagster/partition"].split("-")[0]: run.is_success for run in ingests}
+        assert outcomes == {"loans": True, "broken.csv": False} and len(ingests) == 3
+
+    # The landing zone is an S3 prefix: good files were ingested from it, the broken one
+    # moved to its quarantine prefix with the reason next to it.
+    # (pyarrow keeps a "folder/" marker object once a folder's last file is moved out)
+    landing_keys = [
+        k for k in s3_keys(stack.s3_endpoint, "scaleout-train/landing/") if not k.endswith("/")
+    ]
+    assert {f"scaleout-train/landing/{name}" for name in landed} <= set(landing_keys)
+    quarantined = sorted(
+        k.rsplit("/", 1)[1].split("-", 1)[1] for k in landing_keys if "/quarantine/" in k
+    )
+    assert quarantined == ["broken.csv", "broken.csv.reason.json"]
+    assert len(list(settings.batches.glob("*.parquet"))) == 2
 
     # Step output was captured to S3 (any webserver replica can show it), asset values went
     # through the S3 IO manager rather than the home's local folder.

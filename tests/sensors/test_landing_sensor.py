@@ -1,7 +1,6 @@
 """The landing sensor and the nightly schedule, evaluated with real contexts."""
 
 import json
-import shutil
 
 import dagster as dg
 
@@ -30,17 +29,17 @@ def test_one_run_per_new_file_and_none_for_repeats(home: Settings) -> None:
         first, second = land(home, rows=400, batch_rows=200)
         result = evaluate(home, instance, None)
         keys = [r.partition_key for r in result.run_requests]
-        assert len(keys) == 2 and keys[0].startswith(first.name)
+        assert len(keys) == 2 and keys[0].startswith(first)
         assert all(r.tags[TRIGGER_TAG] == "landing" for r in result.run_requests)
         assert result.dynamic_partitions_requests[0].partition_keys == keys
-        assert set(json.loads(result.cursor)) == {first.name, second.name}
+        assert set(json.loads(result.cursor)) == {first, second}
 
         instance.add_dynamic_partitions(landed_files.name, keys)
         again = evaluate(home, instance, result.cursor)
         assert again.run_requests == [] and "no new files" in again.skip_reason.skip_message
 
         # The same bytes under another name, with a fresh cursor: still nothing to do.
-        shutil.copy(first, home.landing / "copy.parquet")
+        home.landing.write_bytes("copy.parquet", home.landing.read_bytes(first))
         repeat = evaluate(home, instance, None)
         assert repeat.run_requests == []
         assert "copy.parquet" in json.loads(repeat.cursor)

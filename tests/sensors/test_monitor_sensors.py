@@ -1,11 +1,13 @@
 """Monitoring assets on prepared serving logs, and the drift/quality sensors deciding."""
 
+import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.settings import Settings, load_settings
@@ -16,6 +18,7 @@ from pipelines.launch import ingest_pending, prepare_dagster_home
 from pipelines.monitor_sensors import canary_sensor, drift_sensor, quality_sensor
 from pipelines.resources import TRIGGER_TAG, DriftloopResource
 from tests.conftest import FAST_ENV, land, train
+from tests.deploy.stack import pushgateway
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +57,8 @@ def write_log(settings: Settings, plan: DriftPlan, rows: int, name: str) -> None
         latency_ms=1.0,
     )
     feedback = pd.DataFrame({"request_id": ids, "at": now, "label": frame["label"].astype(str)})
-    for directory, table in [
-        (settings.prediction_log_dir, predictions),
-        (settings.feedback_log_dir, feedback),
-    ]:
-        directory.mkdir(parents=True, exist_ok=True)
-        table.to_parquet(directory / f"{name}.parquet", index=False)
+    for log, table in [(settings.prediction_log, predictions), (settings.feedback_log, feedback)]:
+        log.write_frame(f"{name}.parquet", table)
 
 
 def run_monitors(settings: Settings, instance: dg.DagsterInstance) -> None:
@@ -73,8 +72,8 @@ def evaluate(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor=N
 
 
 def clear_logs(settings: Settings) -> None:
-    for directory in (settings.prediction_log_dir, settings.feedback_log_dir):
-        for path in directory.glob("*.parquet"):
+    for log in (settings.prediction_log, settings.feedback_log):
+        for path in log.local_path.glob("*.parquet"):
             path.unlink()
 
 
@@ -110,6 +109,33 @@ def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) 
         run_monitors(monitored, instance)
         again = evaluate(drift_sensor(monitored), instance, drifted.cursor)
         assert again.run_requests == [] and "cooldown" in again.skip_message
+
+
+def test_monitors_export_gauges_to_the_pushgateway(monitored: Settings, monkeypatch) -> None:
+    with pushgateway() as url:
+        monkeypatch.setenv("DRIFTLOOP_PUSHGATEWAY_URL", url)
+        settings = load_settings()
+        prepare_dagster_home(settings)
+        with dg.DagsterInstance.get() as instance:
+            clear_logs(settings)
+            write_log(settings, DriftPlan(covariate_shift_at=0), 1000, "gauges")
+            run_monitors(settings, instance)
+            drift, quality = (
+                instance.get_latest_materialization_event(
+                    dg.AssetKey(name)
+                ).asset_materialization.metadata
+                for name in ("feature_drift_report", "live_model_quality")
+            )
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    (share,) = families["driftloop_drift_share"].samples
+    assert share.value == pytest.approx(drift["share_drifted"].value) and share.value > 0
+    assert share.labels["job"] == "driftloop" and share.labels["monitor"] == "feature_drift"
+    version = quality["champion_version"].value
+    accuracy = {
+        s.labels["model_version"]: s.value for s in families["driftloop_live_accuracy"].samples
+    }
+    assert accuracy == {version: pytest.approx(quality[f"accuracy/v{version}"].value)}
 
 
 def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) -> None:

@@ -185,8 +185,8 @@ def test_canary_share_and_sticky_keys(served: Served) -> None:
 def read_log(served: Served, kind: str) -> pd.DataFrame:
     """Published log files (the window is 2 s in tests; wait for the current one to close)."""
     time.sleep(3.5)
-    files = sorted((served.settings.predictions_dir / kind).glob("*.parquet"))
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    log = served.settings.prediction_log if kind == "predictions" else served.settings.feedback_log
+    return pd.concat(log.read_parquet([f.name for f in log.files()]), ignore_index=True)
 
 
 def test_shadow_answers_with_champion_and_logs_both(served: Served) -> None:

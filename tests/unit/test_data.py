@@ -15,6 +15,7 @@ from driftloop.data import (
 from driftloop.ingest import pending_files
 from driftloop.schema import infer_schema
 from driftloop.simulate import LoanStream
+from driftloop.storage import Folder
 
 
 @pytest.fixture
@@ -62,21 +63,17 @@ def test_other_seed_gives_other_split(rows: pd.DataFrame) -> None:
         ("header.csv", b"a,b,label\n", "file has no rows"),
     ],
 )
-def test_read_table_turns_failures_into_reasons(
-    tmp_path: Path, name: str, content: bytes, reason: str
-) -> None:
-    path = tmp_path / name
-    path.write_bytes(content)
+def test_read_table_turns_failures_into_reasons(name: str, content: bytes, reason: str) -> None:
     with pytest.raises(DataFileError, match=reason):
-        read_table(path)
+        read_table(name, content)
 
 
 def test_quarantine_moves_file_and_records_reason(tmp_path: Path) -> None:
-    path = tmp_path / "in.csv"
-    path.write_text("x\n1\n")
-    moved = quarantine(path, tmp_path / "q", ["schema: missing columns ['y']"])
-    assert not path.exists() and moved.read_text() == "x\n1\n"
-    reason = json.loads(Path(str(moved) + ".reason.json").read_text())
+    landing, aside = Folder(tmp_path / "in"), Folder(tmp_path / "q")
+    landing.write_bytes("in.csv", b"x\n1\n")
+    moved = quarantine(landing, "in.csv", aside, ["schema: missing columns ['y']"])
+    assert landing.files() == [] and Path(moved).read_text() == "x\n1\n"
+    reason = json.loads(Path(moved + ".reason.json").read_text())
     assert reason["file"] == "in.csv" and reason["reasons"] == ["schema: missing columns ['y']"]
 
 
@@ -85,8 +82,9 @@ def test_pending_files_skips_known_content_and_unchanged_files(tmp_path: Path) -
     (tmp_path / "copy-of-a.csv").write_text("x,label\n1,0\n")
     (tmp_path / ".partial.csv").write_text("x,label\n")
     (tmp_path / "notes.txt").write_text("ignored")
-    keys, fingerprints = pending_files(tmp_path, [], {})
+    landing = Folder(tmp_path)
+    keys, fingerprints = pending_files(landing, [], {})
     assert len(keys) == 1 and keys[0].startswith("a.csv-")
     assert sorted(fingerprints) == ["a.csv", "copy-of-a.csv"]
-    assert pending_files(tmp_path, keys, {}) == ([], fingerprints)
-    assert pending_files(tmp_path, [], fingerprints) == ([], fingerprints)
+    assert pending_files(landing, keys, {}) == ([], fingerprints)
+    assert pending_files(landing, [], fingerprints) == ([], fingerprints)

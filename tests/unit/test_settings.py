@@ -9,8 +9,8 @@ def test_home_moves_every_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path / "h"))
     settings = load_settings()
     home = tmp_path / "h"
-    assert settings.landing == home / "landing"
-    assert settings.quarantine == home / "quarantine"
+    assert settings.landing.local_path == home / "landing"
+    assert settings.quarantine.local_path == home / "quarantine"
     assert settings.dagster_home == home / "dagster"
     assert settings.mlflow_tracking_uri == f"sqlite:///{home}/mlflow/mlflow.db"
     assert settings.mlflow_artifact_root == (home / "mlflow" / "artifacts").as_uri()

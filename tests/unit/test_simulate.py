@@ -4,6 +4,7 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from driftloop.simulate import DriftPlan, LoanStream, write_batches
+from driftloop.storage import Folder
 
 FEATURES = ["salary", "commission", "age", "elevel", "car", "zipcode", "hvalue", "hyears", "loan"]
 
@@ -38,7 +39,8 @@ def test_concept_drift_breaks_a_static_model() -> None:
 
 
 def test_write_batches_splits_rows_into_files(tmp_path: Path) -> None:
-    paths = write_batches(LoanStream(seed=1), 2500, 1000, tmp_path, "approved", "csv")
-    assert [len(pd.read_csv(p)) for p in paths] == [1000, 1000, 500]
-    assert "approved" in pd.read_csv(paths[0]).columns
+    names = write_batches(LoanStream(seed=1), 2500, 1000, Folder(tmp_path), "approved", "csv")
+    assert names == sorted(names)
+    assert [len(pd.read_csv(tmp_path / n)) for n in names] == [1000, 1000, 500]
+    assert "approved" in pd.read_csv(tmp_path / names[0]).columns
     assert not list(tmp_path.glob(".*"))

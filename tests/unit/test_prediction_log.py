@@ -1,0 +1,29 @@
+"""The serving log's writer publishes whole window files that the monitors read back, on a
+local folder and on an S3 prefix alike."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from driftloop.monitoring import read_log
+from driftloop.storage import Folder
+from serving.prediction_log import FEEDBACK_SCHEMA, ParquetLog
+
+
+def feedback(request_id: str) -> dict[str, object]:
+    return {"request_id": request_id, "at": datetime.now(UTC), "label": "1"}
+
+
+def test_window_files_are_published_whole_and_read_back(folder: Folder) -> None:
+    dropped: list[int] = []
+    log = ParquetLog(folder, FEEDBACK_SCHEMA, "w1", 3600, 10, dropped.append, 0.05)
+    log.append([feedback(f"r{i}") for i in range(4)])
+    time.sleep(0.5)  # flushed into the open window file, which is not published yet
+    assert folder.files() == [] and read_log(folder).empty
+    log.append([feedback(f"r{i}") for i in range(4, 16)])  # 2 over capacity: dropped
+    log.close()
+    (published,) = folder.files()
+    assert published.name.endswith("-w1.parquet")
+    assert sorted(read_log(folder)["request_id"]) == sorted(f"r{i}" for i in range(14))
+    assert dropped == [2]
