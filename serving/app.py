@@ -28,7 +28,7 @@ from ray.serve import Application
 from driftloop.registry import CHALLENGER, CHAMPION, Registry, RegistryError, configure_tracking
 from driftloop.settings import Settings
 from serving.metrics import ServingMetrics
-from serving.model import LoadedModel, ModelRejected, ModelStore, frame_of
+from serving.model import LoadedModel, ModelRejected, ModelStore
 from serving.prediction_log import (
     FEEDBACK,
     FEEDBACK_SCHEMA,
@@ -285,7 +285,7 @@ class ModelServer:
             model = items[positions[0]][0]
             rows = [row for p in positions for row in items[p][1]]
             self.metrics.batch_rows.observe(len(rows))
-            labels, probabilities = model.predict(frame_of(rows, self.features))
+            labels, probabilities = model.predict_rows(rows)
             start = 0
             for p in positions:
                 end = start + len(items[p][1])

@@ -8,6 +8,7 @@ version per alias is recorded, so a replica starts and keeps serving while MLflo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from driftloop.registry import (
     directory_sha256,
 )
 from driftloop.training import TRUSTED_TYPES
+from serving.fastpath import CompiledPipeline, compile_pipeline
 from serving.schemas import FeatureField, features_from_signature
 
 logger = logging.getLogger(__name__)
@@ -52,12 +54,20 @@ class LoadedModel:
     pipeline: Any
     features: tuple[FeatureField, ...]
     classes: tuple[Any, ...]
+    compiled: CompiledPipeline | None = None
 
     def predict(self, frame: pd.DataFrame) -> tuple[list[Any], np.ndarray]:
         """Labels and class probabilities for each row, from one `predict_proba` call."""
-        probabilities = self.pipeline.predict_proba(frame)
-        labels = [self.classes[i] for i in probabilities.argmax(axis=1)]
-        return labels, probabilities
+        return self._labelled(self.pipeline.predict_proba(frame))
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> tuple[list[Any], np.ndarray]:
+        """`predict` for request rows: on the compiled path when it was verified at load."""
+        if self.compiled is None:
+            return self.predict(frame_of(rows, self.features))
+        return self._labelled(self.compiled.predict_proba(rows))
+
+    def _labelled(self, probabilities: np.ndarray) -> tuple[list[Any], np.ndarray]:
+        return [self.classes[i] for i in probabilities.argmax(axis=1)], probabilities
 
 
 def frame_of(rows: list[dict[str, Any]], features: tuple[FeatureField, ...]) -> pd.DataFrame:
@@ -174,14 +184,38 @@ def _open(alias: str, version: str, sha256: str, source: Source, directory: Path
         np.isfinite(probabilities)
     ):
         raise ModelRejected(f"version {version} gives invalid probabilities on its example")
+    model = dataclasses.replace(model, compiled=compile_checked(model, example))
     logger.info(
-        "loaded @%s v%s from %s in %.0f ms",
+        "loaded @%s v%s from %s in %.0f ms (%s path)",
         alias,
         version,
         source,
         (time.perf_counter() - started) * 1000,
+        "pandas" if model.compiled is None else "compiled",
     )
     return model
+
+
+def compile_checked(model: LoadedModel, example: pd.DataFrame) -> CompiledPipeline | None:
+    """The compiled path if it gives the pipeline's probabilities on probe rows, else None.
+
+    Any failure here only costs speed: the model is then served by the pandas path.
+    """
+    try:
+        compiled = compile_pipeline(model.pipeline, model.features)
+        rows = compiled.probe_rows(example.to_dict("records"))
+        fast = compiled.predict_proba(rows)
+        slow = model.pipeline.predict_proba(frame_of(rows, model.features))
+    except Exception as error:  # NotCompilable, or anything the probes trip over
+        logger.warning("v%s is served by the pandas path: %s", model.version, error)
+        return None
+    if fast.shape != slow.shape or not np.allclose(fast, slow, rtol=0, atol=1e-12):
+        logger.warning(
+            "v%s is served by the pandas path: the compiled path disagrees on probe rows",
+            model.version,
+        )
+        return None
+    return compiled
 
 
 def _python(value: Any) -> Any:
