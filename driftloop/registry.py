@@ -165,6 +165,13 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, str(value))
 
+    def model_tag(self, key: str) -> str | None:
+        """A tag of the registered model itself: state shared by everyone serving it."""
+        return self.client.get_registered_model(self.name).tags.get(key)
+
+    def set_model_tag(self, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(self.name, key, value)
+
     def set_description(self, version: str, description: str) -> None:
         self.client.update_model_version(self.name, version, description=description)
 

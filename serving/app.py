@@ -36,7 +36,16 @@ from serving.prediction_log import (
     ParquetLog,
     prediction_schema,
 )
-from serving.router import CHALLENGER_ROUTE, SHADOW_ROUTE, Route, RoutingConfig, choose_route
+from serving.router import (
+    CHALLENGER_ROUTE,
+    SHADOW_ROUTE,
+    SPLIT_TAG,
+    Route,
+    RoutingConfig,
+    SharedSplit,
+    TrafficSplit,
+    choose_route,
+)
 from serving.schemas import (
     FeedbackItem,
     FeedbackResponse,
@@ -143,9 +152,36 @@ class ModelServer:
         self._apply_routing(self.routing)
         self.watcher = asyncio.create_task(self._watch())
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """A new `user_config` (serve deploy): routing changes in place, no restart."""
-        self._apply_routing(RoutingConfig.model_validate(user_config))
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """A `user_config` (a serve deploy, or this replica starting): batching applies as
+        given, the traffic split is the one every replica shares (`SharedSplit`)."""
+        routing = RoutingConfig.model_validate(user_config)
+        deployed = TrafficSplit.of(routing)
+        try:
+            shared = await asyncio.to_thread(self._shared_split)
+            agreed = (
+                shared.on_deploy(deployed)
+                if shared
+                else SharedSplit(current=deployed, deployed=deployed)
+            )
+            if agreed != shared:
+                await asyncio.to_thread(self._store_split, agreed)
+            routing = routing.model_copy(update=agreed.current.model_dump())
+        except Exception as error:  # registry down: this replica follows its user_config
+            logger.warning("shared traffic split unavailable, using user_config: %s", error)
+        self._apply_routing(routing)
+
+    def share_split(self, split: TrafficSplit) -> None:
+        """Make `split` the one every replica applies (an admin change, not a deploy)."""
+        shared = self._shared_split()
+        self._store_split(SharedSplit(current=split, deployed=shared.deployed if shared else split))
+
+    def _shared_split(self) -> SharedSplit | None:
+        raw = self.registry.model_tag(SPLIT_TAG)
+        return SharedSplit.model_validate_json(raw) if raw else None
+
+    def _store_split(self, split: SharedSplit) -> None:
+        self.registry.set_model_tag(SPLIT_TAG, split.model_dump_json())
 
     def __del__(self) -> None:
         if hasattr(self, "watcher"):
@@ -237,6 +273,10 @@ class ModelServer:
                 self.pending[alias] = PendingSwap(model.version, seen_at)
                 self.metrics.swaps.labels(alias, "loaded").inc()
                 logger.info("@%s now serves v%s", alias, model.version)
+            shared = await asyncio.to_thread(self._shared_split)
+            if shared is not None and shared.current != TrafficSplit.of(self.routing):
+                # another replica took an admin change: follow it
+                self._apply_routing(self.routing.model_copy(update=shared.current.model_dump()))
 
     def _alert(self, kind: str, message: str) -> None:
         """An event a person must see: counted, logged, and appended to events.jsonl."""
@@ -483,9 +523,14 @@ def build_api(server: ModelServer) -> FastAPI:
         return Response(server.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @api.post("/admin/routing", dependencies=admin)
-    def set_routing(update: RoutingUpdate) -> Readiness:
-        changes = update.model_dump(exclude_none=True)
-        server._apply_routing(server.routing.model_copy(update=changes))
+    async def set_routing(update: RoutingUpdate) -> Readiness:
+        """Change the split for every replica: through the registry, which all of them poll."""
+        routing = server.routing.model_copy(update=update.model_dump(exclude_none=True))
+        try:
+            await asyncio.to_thread(server.share_split, TrafficSplit.of(routing))
+        except Exception as error:  # registry down: say so instead of splitting replicas
+            raise HTTPException(503, f"registry unreachable, routing unchanged: {error}") from error
+        server._apply_routing(routing)
         return server.readiness()
 
     @api.post("/admin/reload", dependencies=admin)

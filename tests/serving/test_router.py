@@ -4,7 +4,13 @@ import random
 
 import pytest
 
-from serving.router import RoutingConfig, choose_route, sticky_bucket
+from serving.router import (
+    RoutingConfig,
+    SharedSplit,
+    TrafficSplit,
+    choose_route,
+    sticky_bucket,
+)
 
 
 def test_keyless_share_follows_the_weight() -> None:
@@ -33,3 +39,13 @@ def test_a_key_always_gets_the_same_model_and_keys_split_by_weight() -> None:
 def test_champion_only(config: RoutingConfig, has_challenger: bool) -> None:
     rng = random.Random(1)
     assert {choose_route(None, config, has_challenger, rng) for _ in range(200)} == {"champion"}
+
+
+def test_shared_split_follows_admin_changes_until_a_new_deploy() -> None:
+    deployed = TrafficSplit(canary_weight=0.1)
+    shared = SharedSplit(current=TrafficSplit(canary_weight=0.5, shadow=True), deployed=deployed)
+    # A replica starting with the deployed user_config joins the split in force...
+    assert shared.on_deploy(deployed) == shared
+    # ...while a deploy with another user_config makes its split everyone's.
+    redeployed = TrafficSplit(canary_weight=0.0)
+    assert shared.on_deploy(redeployed) == SharedSplit(current=redeployed, deployed=redeployed)

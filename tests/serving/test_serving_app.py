@@ -282,6 +282,31 @@ def test_openapi_fuzzing_finds_no_server_error(served: Served) -> None:
         fuzz()
 
 
+def test_admin_routing_reaches_every_replica(served: Served) -> None:
+    """Two replicas, one admin call: the split goes through the registry, which every
+    replica polls, so the replica that did not take the call follows it."""
+    home = str(served.settings.home)
+    pair = ServeArgs(home=home, num_replicas=2, replica_cpus=0.5, poll_interval_s=0.2)
+    serve.run(build_app(pair), name=APP_NAME, route_prefix="/")
+    try:
+        states = serve.status().applications[APP_NAME].deployments["driftloop"].replica_states
+        assert states == {"RUNNING": 2}
+        with served.client() as client:
+            routing(client, canary_weight=1.0)
+            time.sleep(1)  # a few polls
+            weights = Counter(client.get("/readyz").json()["canary_weight"] for _ in range(40))
+            answers = Counter(
+                client.post(PREDICT, json={"instances": [INSTANCE]}).headers["x-model-version"]
+                for _ in range(40)
+            )
+        assert weights == {1.0: 40} and answers == {served.challenger: 40}
+    finally:
+        with served.client() as client:
+            routing(client, canary_weight=0.0)
+        live = ServeArgs(home=home, poll_interval_s=0.2)
+        serve.run(build_app(live), name=APP_NAME, route_prefix="/")
+
+
 def test_mlflow_unreachable_still_serves_from_local_copy(served: Served) -> None:
     """Redeploy pointing at a dead tracking server: the replica starts from its disk copy."""
     dead = ServeArgs(
