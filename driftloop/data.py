@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from driftloop.schema import DatasetSchema
 from driftloop.storage import Folder
@@ -90,6 +91,14 @@ class BatchStore:
             return []
         files = [p for p in self.root.glob("*.parquet") if not p.name.startswith(".")]
         return [p.stem for p in sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))]
+
+    def rows_since(self, landed_at: float) -> int:
+        """Rows of the batches whose files landed at or after `landed_at` (epoch seconds)."""
+        return sum(
+            pq.ParquetFile(self.path(key)).metadata.num_rows
+            for key in self.keys()
+            if self.path(key).stat().st_mtime >= landed_at
+        )
 
     def read_all(self) -> pd.DataFrame:
         """All accepted rows with the batch key in `_batch`, oldest batch first."""

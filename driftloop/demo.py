@@ -49,9 +49,9 @@ class DemoPlan:
     rows: int = 20_000  # the first champion's training rows
     trials: int = 12  # Optuna trials per training run (the oracle gets the same)
     cv_folds: int = 3
-    requests_per_s: float = 20.0  # one application each
+    requests_per_s: float = 40.0  # one application each
     feedback_delay_s: float = 3.0
-    land_every_s: float = 30.0  # one ingest run per file: fewer, larger files keep up
+    land_every_s: float = 20.0  # one ingest run per file: fewer, larger files keep up
     calm_s: float = 90.0  # traffic before the drift (the drill runs inside it)
     drill: bool = True
     concept_after_s: float = 5.0  # concept drift follows covariate shift: one episode
@@ -61,8 +61,9 @@ class DemoPlan:
     log_window_s: int = 5
     monitor_window_s: int = 60
     retrain_cooldown_s: int = 150  # one retrain per episode, a retry if it fails
+    retrain_min_rows: int = 3000  # labelled rows since the change before retraining
     canary_min_samples: int = 40
-    canary_steps: tuple[float, ...] = (0.1, 0.5, 1.0)
+    canary_steps: tuple[float, ...] = (0.25, 1.0)
     seed: int = 7
 
 
@@ -199,6 +200,7 @@ def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str)
             "DRIFTLOOP_MONITOR_WINDOW_S": str(plan.monitor_window_s),
             "DRIFTLOOP_MONITOR_MIN_ROWS": "100",
             "DRIFTLOOP_RETRAIN_COOLDOWN_S": str(plan.retrain_cooldown_s),
+            "DRIFTLOOP_RETRAIN_MIN_ROWS": str(plan.retrain_min_rows),
             "DRIFTLOOP_CANARY_MIN_SAMPLES": str(plan.canary_min_samples),
             "DRIFTLOOP_CANARY_STEPS": json.dumps(list(plan.canary_steps)),
             # Two shared cores: queueing, not the model, dominates latency; judge accuracy.

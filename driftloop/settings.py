@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     quality_drop_threshold: float = Field(
         default=0.05, gt=0, le=1, description="Accuracy drop after a change point that counts."
     )
+    retrain_min_rows: int = Field(
+        default=1000,
+        ge=0,
+        description="Labelled rows landed since a detected change before a monitor retrains.",
+    )
     retrain_cooldown_s: int = Field(
         default=1800, ge=0, description="Quiet time after a monitor-triggered retrain."
     )

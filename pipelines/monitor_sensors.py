@@ -7,6 +7,7 @@ import time
 import dagster as dg
 
 from driftloop.alerts import notify
+from driftloop.data import BatchStore
 from driftloop.registry import CHALLENGER
 from driftloop.settings import Settings
 from pipelines.jobs import canary_job, monitoring_job, training_job
@@ -40,6 +41,20 @@ def last_monitor_retrain(instance: dg.DagsterInstance) -> float | None:
     return newest
 
 
+def last_calm_verdict(
+    instance: dg.DagsterInstance, before: float, settings: Settings
+) -> float | None:
+    """When the drift monitor last judged enough traffic and found it below the threshold."""
+    records = instance.fetch_materializations(dg.AssetKey("feature_drift_report"), limit=100)
+    for record in records.records:  # newest first
+        metadata = record.asset_materialization.metadata
+        judged = metadata.get("judged")
+        calm = float(metadata["share_drifted"].value) < settings.drift_share_threshold
+        if record.timestamp < before and judged is not None and judged.value and calm:
+            return record.timestamp
+    return None
+
+
 def _retrain_or_skip(
     context: dg.SensorEvaluationContext,
     settings: Settings,
@@ -52,6 +67,14 @@ def _retrain_or_skip(
     if last is not None and time.time() - last < settings.retrain_cooldown_s:
         wait = settings.retrain_cooldown_s - (time.time() - last)
         return dg.SensorResult(skip_reason=f"{reason}, but in cooldown for {wait:.0f}s more")
+    if train_since is not None:
+        # A retrain that mostly sees the old world learns the old world: wait for labels.
+        landed = BatchStore(settings.batches).rows_since(train_since)
+        if landed < settings.retrain_min_rows:
+            return dg.SensorResult(
+                skip_reason=f"{reason}; waiting for labelled rows since the change: "
+                f"{landed} of {settings.retrain_min_rows}"
+            )
     notify("drift_detected" if trigger == "drift" else "retrain_started", reason)
     tags = {TRIGGER_TAG: trigger, TRIGGER_REASON_TAG: reason[:200]}
     if train_since is not None:
@@ -102,8 +125,10 @@ def drift_sensor(settings: Settings) -> dg.SensorDefinition:
             )
         columns = json.dumps(metadata["drifted_columns"].value)
         reason = f"feature drift: share {share:.2f} ({columns})"
-        # The drift was judged on the monitor window: that is as close as Evidently places it.
-        since = asset_event.timestamp - settings.monitor_window_s
+        # The change came after the monitor last judged traffic calm; without such a
+        # verdict, somewhere in the window this one judged.
+        calm = last_calm_verdict(context.instance, asset_event.timestamp, settings)
+        since = calm if calm is not None else asset_event.timestamp - settings.monitor_window_s
         return _retrain_or_skip(
             context, settings, "drift", reason, f"drift-{asset_event.run_id}", since
         )

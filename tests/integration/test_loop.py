@@ -129,6 +129,7 @@ def test_drift_retrains_and_the_canaried_challenger_takes_over(loop: Loop) -> No
             "after-drift.parquet", land_stream.take_frame(1500, settings.target_column)
         )
         send(loop, LoanStream(seed=23, plan=DRIFTED), 500)
+        ingest_pending(settings, instance, lambda _: None)  # what the landing sensor does
 
         (monitor,) = tick(defs, "prediction_log_sensor", instance, settings).run_requests
         run(defs, "monitoring", instance, monitor)
@@ -138,7 +139,6 @@ def test_drift_retrains_and_the_canaried_challenger_takes_over(loop: Loop) -> No
         again = tick(defs, "drift_sensor", instance, settings, drifted.cursor)
         assert again.run_requests == []  # one drift episode, one retrain
 
-        ingest_pending(settings, instance, lambda _: None)
         trained = run(defs, "training", instance, retrain)
         candidate = trained.output_for_node("candidate_model")
         assert candidate.newly_registered and candidate.version.version == "2"

@@ -16,7 +16,7 @@ from driftloop.training import TRUSTED_TYPES
 from pipelines.definitions import build_definitions
 from pipelines.launch import ingest_pending, prepare_dagster_home
 from pipelines.monitor_sensors import canary_sensor, drift_sensor, quality_sensor
-from pipelines.resources import TRIGGER_TAG, DriftloopResource
+from pipelines.resources import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
 from tests.conftest import FAST_ENV, land, train
 from tests.deploy.stack import pushgateway
 
@@ -78,36 +78,48 @@ def clear_logs(settings: Settings) -> None:
 
 
 def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) -> None:
-    prepare_dagster_home(monitored)
+    settings = monitored.model_copy(update={"retrain_min_rows": 500})
+    prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
-        clear_logs(monitored)
-        write_log(monitored, DriftPlan(), 1000, "calm")
-        run_monitors(monitored, instance)
-        calm = evaluate(drift_sensor(monitored), instance)
+        clear_logs(settings)
+        write_log(settings, DriftPlan(), 1000, "calm")
+        run_monitors(settings, instance)
+        calm = evaluate(drift_sensor(settings), instance)
         assert calm.run_requests == [] and "below" in calm.skip_message
+        calm_at = instance.get_latest_materialization_event(
+            dg.AssetKey("feature_drift_report")
+        ).timestamp
 
-        clear_logs(monitored)
-        write_log(monitored, DriftPlan(covariate_shift_at=0), 1000, "shifted")
-        run_monitors(monitored, instance)
-        drifted = evaluate(drift_sensor(monitored), instance, calm.cursor)
+        clear_logs(settings)
+        write_log(settings, DriftPlan(covariate_shift_at=0), 1000, "shifted")
+        run_monitors(settings, instance)
+        waiting = evaluate(drift_sensor(settings), instance, calm.cursor)
+        assert waiting.run_requests == []
+        assert "waiting for labelled rows since the change: 0 of 500" in waiting.skip_message
+
+        # Labelled rows of the new world land; the next verdict asks for the retrain, on
+        # the rows landed since the monitor last called traffic calm.
+        land(settings, rows=600, batch_rows=600, seed=99)
+        ingest_pending(settings, instance, lambda _: None)
+        run_monitors(settings, instance)
+        drifted = evaluate(drift_sensor(settings), instance, waiting.cursor)
         (request,) = drifted.run_requests
         assert request.tags[TRIGGER_TAG] == "drift"
         assert "salary" in request.tags["driftloop/trigger_reason"]
+        assert float(request.tags[TRAIN_SINCE_TAG]) == pytest.approx(calm_at, abs=1e-3)
         assert request.job_name in (None, "training")
-        assert drifted.cursor != calm.cursor
 
-        # The retrain it asked for runs on newly landed data; its reason reaches the registry.
-        land(monitored, rows=600, batch_rows=600, seed=99)
-        ingest_pending(monitored, instance, lambda _: None)
-        job = build_definitions(monitored).resolve_job_def("training")
+        # The retrain trains on exactly those rows; its reason reaches the registry.
+        job = build_definitions(settings).resolve_job_def("training")
         retrain = job.execute_in_process(instance=instance, tags=request.tags)
+        assert retrain.output_for_node("training_dataset").train.shape[0] < 600
         candidate = retrain.output_for_node("candidate_model")
         assert candidate.newly_registered
         assert candidate.version.tags["driftloop.trigger"].startswith("drift: feature drift: share")
 
         # That retrain started recently: the same episode asks for nothing more.
-        run_monitors(monitored, instance)
-        again = evaluate(drift_sensor(monitored), instance, drifted.cursor)
+        run_monitors(settings, instance)
+        again = evaluate(drift_sensor(settings), instance, drifted.cursor)
         assert again.run_requests == [] and "cooldown" in again.skip_message
 
 
@@ -140,6 +152,7 @@ def test_monitors_export_gauges_to_the_pushgateway(monitored: Settings, monkeypa
 
 def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) -> None:
     monkeypatch.setenv("DRIFTLOOP_RETRAIN_COOLDOWN_S", "0")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_MIN_ROWS", "0")  # the prepared log is the evidence
     settings = load_settings()
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
