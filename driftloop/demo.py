@@ -49,9 +49,9 @@ class DemoPlan:
     rows: int = 20_000  # the first champion's training rows
     trials: int = 12  # Optuna trials per training run (the oracle gets the same)
     cv_folds: int = 3
-    requests_per_s: float = 40.0  # one application each
+    requests_per_s: float = 30.0  # one application each
     feedback_delay_s: float = 3.0
-    land_every_s: float = 20.0  # one ingest run per file: fewer, larger files keep up
+    land_every_s: float = 45.0  # one ingest run per file: fewer, larger files keep up
     calm_s: float = 90.0  # traffic before the drift (the drill runs inside it)
     drill: bool = True
     concept_after_s: float = 5.0  # concept drift follows covariate shift: one episode
@@ -61,7 +61,7 @@ class DemoPlan:
     log_window_s: int = 5
     monitor_window_s: int = 60
     retrain_cooldown_s: int = 150  # one retrain per episode, a retry if it fails
-    retrain_min_rows: int = 3000  # labelled rows since the change before retraining
+    retrain_min_rows: int = 2000  # labelled rows since the change before retraining
     canary_min_samples: int = 40
     canary_steps: tuple[float, ...] = (0.25, 1.0)
     seed: int = 7
@@ -115,6 +115,8 @@ class LoopState:
     champions: list[str] = field(default_factory=list)
     seen_runs: dict[str, str] = field(default_factory=dict)  # run id -> last status
     retrains: list[dict[str, Any]] = field(default_factory=list)
+    drift_verdicts: set[str] = field(default_factory=set)  # materialisation timestamps seen
+    detections: list[float] = field(default_factory=list)  # t of each confirmed drift verdict
     first_answer: dict[str, float] = field(default_factory=dict)  # version -> t
     answers: dict[str, int] = field(default_factory=dict)  # version -> requests
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -383,6 +385,19 @@ query TrainingRuns {
 }
 """
 
+DRIFT_QUERY = """
+query DriftVerdicts {
+  assetOrError(assetKey: {path: ["feature_drift_report"]}) {
+    ... on Asset {
+      assetMaterializations(limit: 10) {
+        timestamp
+        metadataEntries { label ... on BoolMetadataEntry { boolValue } }
+      }
+    }
+  }
+}
+"""
+
 
 class Watcher(threading.Thread):
     """Polls serving's `/readyz` and Dagster's GraphQL; turns changes into events."""
@@ -402,6 +417,7 @@ class Watcher(threading.Thread):
                 self.poll_serving()
                 if tick % 3 == 0:
                     self.poll_runs()
+                    self.poll_drift()
             except (httpx.HTTPError, ValueError, KeyError):
                 pass  # a busy server answers next time
             tick += 1
@@ -429,6 +445,23 @@ class Watcher(threading.Thread):
             if weight == 0.0 and who:
                 self.weight_zero_at.setdefault(who, state.now())
             state.weight = weight
+
+    def poll_drift(self, prime: bool = False) -> None:
+        """New drift verdicts of the monitor; the first confirmed one is the detection."""
+        body = self.dagster.post("/graphql", json={"query": DRIFT_QUERY}).json()
+        found = body["data"]["assetOrError"].get("assetMaterializations", [])
+        for materialization in reversed(found):  # oldest first
+            stamp = materialization["timestamp"]
+            if stamp in self.state.drift_verdicts:
+                continue
+            self.state.drift_verdicts.add(stamp)
+            entries = {e["label"]: e.get("boolValue") for e in materialization["metadataEntries"]}
+            if prime or not entries.get("drift_confirmed"):
+                continue
+            at = self.state.now() - (time.time() - int(stamp) / 1000)
+            self.state.detections.append(at)
+            if len(self.state.detections) == 1 or at - self.state.detections[-2] > 120:
+                self.state.record("drift confirmed by the monitor")
 
     def poll_runs(self, prime: bool = False) -> None:
         """New and finished training runs; `prime` only notes the runs that already exist."""
@@ -546,6 +579,7 @@ def _loop(
     watcher = Watcher(state, urls["serve"], urls["dagster"])
     watcher.poll_serving()
     watcher.poll_runs(prime=True)
+    watcher.poll_drift(prime=True)
     traffic = Traffic(state, urls["serve"], plan, settings, settings.model_name)
     traffic.start()
     watcher.start()
@@ -677,14 +711,8 @@ def _summarise(
 ) -> dict[str, Any]:
     """The issue's summary keys; times are seconds since the traffic started."""
     served = state.served
-    detected = next(
-        (
-            r["t"]
-            for r in state.retrains
-            if r["trigger"] in ("drift", "quality") and r["t"] >= onset
-        ),
-        None,
-    )
+    monitor_retrains = [r["t"] for r in state.retrains if r["trigger"] in ("drift", "quality")]
+    detected = min((t for t in state.detections + monitor_retrains if t >= onset), default=None)
     delay = None
     if detected is not None:
         delay = sum(1 for s in served[onset_index:] if s.t + plan.feedback_delay_s <= detected)

@@ -76,7 +76,8 @@ def _retrain_or_skip(
                 f"{landed} of {settings.retrain_min_rows}"
             )
     notify("drift_detected" if trigger == "drift" else "retrain_started", reason)
-    tags = {TRIGGER_TAG: trigger, TRIGGER_REASON_TAG: reason[:200]}
+    # Ahead of queued ingest and monitoring runs: the rows it needs are already accepted.
+    tags = {TRIGGER_TAG: trigger, TRIGGER_REASON_TAG: reason[:200], "dagster/priority": "5"}
     if train_since is not None:
         # Rows from before the change would teach the retrain the old world again.
         tags[TRAIN_SINCE_TAG] = f"{train_since:.3f}"
