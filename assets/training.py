@@ -32,8 +32,7 @@ def training_dataset(
     since = context.run.tags.get(TRAIN_SINCE_TAG)
     if since is not None and not rows.empty:
         # After a detected change, older batches describe a world that no longer exists.
-        batches = store.keys()
-        recent = [k for k in batches if store.path(k).stat().st_mtime >= float(since)]
+        recent = store.keys_after(float(since))
         rows = rows[rows[BATCH_COLUMN].isin(recent)].reset_index(drop=True)
         context.log.info(f"training window since {since}: {len(recent)} batches")
     schema = load_schema(settings.schema_path)

@@ -92,12 +92,24 @@ class BatchStore:
         files = [p for p in self.root.glob("*.parquet") if not p.name.startswith(".")]
         return [p.stem for p in sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))]
 
-    def rows_since(self, landed_at: float) -> int:
-        """Rows of the batches whose files landed at or after `landed_at` (epoch seconds)."""
+    def keys_after(self, change_at: float) -> list[str]:
+        """Batches whose rows all come after `change_at` (epoch seconds).
+
+        A file holds the rows gathered since the previous file landed, so a batch counts
+        only when the batch before it landed after the change; the first batch to land
+        after it straddles the change and is left out.
+        """
+        keys = self.keys()
+        landed = [self.path(key).stat().st_mtime for key in keys]
+        return [
+            key
+            for index, key in enumerate(keys)
+            if (landed[index - 1] if index else landed[index]) >= change_at
+        ]
+
+    def rows_after(self, change_at: float) -> int:
         return sum(
-            pq.ParquetFile(self.path(key)).metadata.num_rows
-            for key in self.keys()
-            if self.path(key).stat().st_mtime >= landed_at
+            pq.ParquetFile(self.path(key)).metadata.num_rows for key in self.keys_after(change_at)
         )
 
     def read_all(self) -> pd.DataFrame:

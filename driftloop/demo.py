@@ -39,6 +39,7 @@ from driftloop.settings import PROJECT_ROOT, Settings, load_settings
 from driftloop.simulate import DriftPlan, LoanStream, write_batches
 
 LAND_MIN_ROWS = 60  # above the children's DRIFTLOOP_MIN_ROWS (50)
+IN_FLIGHT = 16  # concurrent demo requests at most
 NEVER = 10**12  # a stream position the traffic never reaches: no drift planned yet
 
 
@@ -49,9 +50,9 @@ class DemoPlan:
     rows: int = 20_000  # the first champion's training rows
     trials: int = 12  # Optuna trials per training run (the oracle gets the same)
     cv_folds: int = 3
-    requests_per_s: float = 30.0  # one application each
+    requests_per_s: float = 40.0  # one application each
     feedback_delay_s: float = 3.0
-    land_every_s: float = 45.0  # one ingest run per file: fewer, larger files keep up
+    land_every_s: float = 30.0  # one ingest run per file: fewer, larger files keep up
     calm_s: float = 90.0  # traffic before the drift (the drill runs inside it)
     drill: bool = True
     concept_after_s: float = 5.0  # concept drift follows covariate shift: one episode
@@ -60,8 +61,8 @@ class DemoPlan:
     oracle: bool = True
     log_window_s: int = 5
     monitor_window_s: int = 60
-    retrain_cooldown_s: int = 150  # one retrain per episode, a retry if it fails
-    retrain_min_rows: int = 2000  # labelled rows since the change before retraining
+    retrain_cooldown_s: int = 300  # longer than retrain + canary: one retrain per episode
+    retrain_min_rows: int = 2500  # labelled rows since the change before retraining
     canary_min_samples: int = 40
     canary_steps: tuple[float, ...] = (0.25, 1.0)
     seed: int = 7
@@ -313,11 +314,11 @@ class Traffic(threading.Thread):
         last_land = time.monotonic()
         next_at = time.monotonic()
         in_flight: set[Any] = set()
-        # A few requests in flight keep the rate steady when a busy machine slows answers.
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="request") as pool:
+        # Requests in flight keep the rate steady when a busy machine slows answers.
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="request") as pool:
             while not self.stop_event.is_set():
                 in_flight = {f for f in in_flight if not f.done()}
-                if len(in_flight) < 4:
+                if len(in_flight) < IN_FLIGHT:
                     in_flight.add(pool.submit(self._one_request, *next(self.stream)))
                 self._send_due_feedback()
                 # Ingest rejects batches under DRIFTLOOP_MIN_ROWS: land whole batches only.

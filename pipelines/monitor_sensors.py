@@ -69,7 +69,7 @@ def _retrain_or_skip(
         return dg.SensorResult(skip_reason=f"{reason}, but in cooldown for {wait:.0f}s more")
     if train_since is not None:
         # A retrain that mostly sees the old world learns the old world: wait for labels.
-        landed = BatchStore(settings.batches).rows_since(train_since)
+        landed = BatchStore(settings.batches).rows_after(train_since)
         if landed < settings.retrain_min_rows:
             return dg.SensorResult(
                 skip_reason=f"{reason}; waiting for labelled rows since the change: "

@@ -3,8 +3,8 @@
 1. Parallel HPO: trials per minute of 1 worker versus 2 workers adding trials to one Optuna
    study on PostgreSQL (each worker pinned to one thread, real driftloop trials).
 2. Pipeline wall time: ingest + training job on the embedded default (SQLite, local files)
-   versus the scale-out stores (Dagster on PostgreSQL, S3 asset values and compute logs,
-   MLflow server on PostgreSQL + S3, Optuna on PostgreSQL).
+   versus the scale-out stores (landing zone in S3, Dagster on PostgreSQL, S3 asset values
+   and compute logs, MLflow server on PostgreSQL + S3, Optuna on PostgreSQL).
 
     .venv/bin/python scripts/bench_scaleout.py --trials 8 --out bench-scaleout.json
 """
@@ -28,6 +28,7 @@ from driftloop.hpo import open_study  # noqa: E402
 from driftloop.settings import Settings, load_settings  # noqa: E402
 from tests.conftest import land, train  # noqa: E402
 from tests.deploy.stack import (  # noqa: E402
+    BUCKET,
     Stack,
     scaleout_stack,
     start_trial_workers,
@@ -118,6 +119,7 @@ def main() -> int:
                     **common,
                     "DRIFTLOOP_HOME": str(work / "scaleout"),
                     "DAGSTER_HOME": str(work / "dagster"),
+                    "DRIFTLOOP_LANDING_DIR": f"s3://{BUCKET}/landing",
                 },
                 args.rows,
             )

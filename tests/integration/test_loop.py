@@ -57,6 +57,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         # The monitors judge the last 45 s: the test's traffic, not the first training.
         "DRIFTLOOP_MONITOR_WINDOW_S": "45",
         "DRIFTLOOP_MONITOR_MIN_ROWS": "100",
+        "DRIFTLOOP_RETRAIN_MIN_ROWS": "500",
         "DRIFTLOOP_CANARY_MIN_SAMPLES": "30",
         "DRIFTLOOP_CANARY_STEPS": "[0.5, 1.0]",
         # Latency here reflects two shared cores, not the model: judge accuracy.
@@ -123,11 +124,11 @@ def test_drift_retrains_and_the_canaried_challenger_takes_over(loop: Loop) -> No
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
         assert set(send(loop, LoanStream(seed=21), 100)) == {"1"}  # calm
-        # The world changes; the labelled rows of the new world land as a file too.
+        # The world changes; the labelled rows of the new world land as files too.
         land_stream = LoanStream(seed=22, plan=DRIFTED)
-        settings.landing.write_frame(
-            "after-drift.parquet", land_stream.take_frame(1500, settings.target_column)
-        )
+        for name in ("after-drift-1.parquet", "after-drift-2.parquet"):
+            settings.landing.write_frame(name, land_stream.take_frame(1000, settings.target_column))
+            time.sleep(0.01)  # distinct landing times
         send(loop, LoanStream(seed=23, plan=DRIFTED), 500)
         ingest_pending(settings, instance, lambda _: None)  # what the landing sensor does
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from driftloop.data import BatchStore
 from driftloop.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.settings import Settings, load_settings
 from driftloop.simulate import DriftPlan, LoanStream
@@ -78,7 +79,7 @@ def clear_logs(settings: Settings) -> None:
 
 
 def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) -> None:
-    settings = monitored.model_copy(update={"retrain_min_rows": 500})
+    settings = monitored.model_copy(update={"retrain_min_rows": 250})
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
         clear_logs(settings)
@@ -95,11 +96,11 @@ def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) 
         run_monitors(settings, instance)
         waiting = evaluate(drift_sensor(settings), instance, calm.cursor)
         assert waiting.run_requests == []
-        assert "waiting for labelled rows since the change: 0 of 500" in waiting.skip_message
+        assert "waiting for labelled rows since the change: 0 of 250" in waiting.skip_message
 
-        # Labelled rows of the new world land; the next verdict asks for the retrain, on
-        # the rows landed since the monitor last called traffic calm.
-        land(settings, rows=600, batch_rows=600, seed=99)
+        # Labelled rows of the new world land in two files; the first may hold rows from
+        # before the change, the second is wholly after it: the retrain gets its 300 rows.
+        land(settings, rows=600, batch_rows=300, seed=99)
         ingest_pending(settings, instance, lambda _: None)
         run_monitors(settings, instance)
         drifted = evaluate(drift_sensor(settings), instance, waiting.cursor)
@@ -112,7 +113,9 @@ def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) 
         # The retrain trains on exactly those rows; its reason reaches the registry.
         job = build_definitions(settings).resolve_job_def("training")
         retrain = job.execute_in_process(instance=instance, tags=request.tags)
-        assert retrain.output_for_node("training_dataset").train.shape[0] < 600
+        assert retrain.output_for_node("training_dataset").batches == (
+            BatchStore(settings.batches).keys()[-1],
+        )
         candidate = retrain.output_for_node("candidate_model")
         assert candidate.newly_registered
         assert candidate.version.tags["driftloop.trigger"].startswith("drift: feature drift: share")

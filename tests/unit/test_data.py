@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -6,6 +7,7 @@ import pytest
 
 from driftloop.data import (
     BATCH_COLUMN,
+    BatchStore,
     DataFileError,
     build_training_set,
     content_hash,
@@ -88,3 +90,14 @@ def test_pending_files_skips_known_content_and_unchanged_files(tmp_path: Path) -
     assert sorted(fingerprints) == ["a.csv", "copy-of-a.csv"]
     assert pending_files(landing, keys, {}) == ([], fingerprints)
     assert pending_files(landing, [], fingerprints) == ([], fingerprints)
+
+
+def test_only_batches_gathered_wholly_after_a_change_count(tmp_path: Path) -> None:
+    store = BatchStore(tmp_path)
+    for key, landed_at, rows in [("a", 100, 5), ("b", 200, 6), ("c", 300, 7)]:
+        path = store.write(key, pd.DataFrame({"x": range(rows)}))
+        os.utime(path, (landed_at, landed_at))
+    # "b" landed after the change at 150 but holds rows gathered since "a" landed at 100.
+    assert store.keys_after(150) == ["c"] and store.rows_after(150) == 7
+    assert store.keys_after(50) == ["a", "b", "c"]
+    assert store.keys_after(301) == []
