@@ -6,6 +6,7 @@ drift and quality sensors decide from those materialisations. With a Pushgateway
 the same numbers become Prometheus gauges for the dashboard and alert rules.
 """
 
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +38,8 @@ def feature_drift_report(
     columns = training_dataset.schema.feature_names
     if len(traffic) < settings.monitor_min_rows:
         context.log.info(f"{len(traffic)} recent predictions; need {settings.monitor_min_rows}")
+        # Not judged is unknown, not calm: NaN ends a drift alert that an old value would hold.
+        export(context, settings.pushgateway_url, lambda url: push_drift_share(url, math.nan))
         return dg.MaterializeResult(
             metadata={"rows_current": len(traffic), "judged": False, "share_drifted": 0.0}
         )

@@ -450,7 +450,8 @@ class Watcher(threading.Thread):
     def poll_drift(self, prime: bool = False) -> None:
         """New drift verdicts of the monitor; the first confirmed one is the detection."""
         body = self.dagster.post("/graphql", json={"query": DRIFT_QUERY}).json()
-        found = body["data"]["assetOrError"].get("assetMaterializations", [])
+        asset = (body.get("data") or {}).get("assetOrError") or {}
+        found = asset.get("assetMaterializations") or []
         for materialization in reversed(found):  # oldest first
             stamp = materialization["timestamp"]
             if stamp in self.state.drift_verdicts:

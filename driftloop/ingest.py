@@ -60,7 +60,11 @@ def pending_files(
         remembered[landed.name] = fingerprint
         if fingerprints.get(landed.name) == fingerprint:
             continue
-        key = partition_key(landed.name, bytes_sha256(landing.read_bytes(landed.name)))
+        try:
+            data = landing.read_bytes(landed.name)
+        except FileNotFoundError:  # quarantined or removed since the listing
+            continue
+        key = partition_key(landed.name, bytes_sha256(data))
         content = key.rsplit("-", 1)[-1]
         if content not in known_hashes:
             known_hashes.add(content)

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         # Dagster runs in subprocesses with other working directories: pin paths now.
         return path.expanduser().resolve()
 
+    @field_validator("landing_dir", "prediction_log_dir")
+    @classmethod
+    def _absolute_unless_s3(cls, location: str | None) -> str | None:
+        if location is None or is_s3(location):
+            return location
+        return str(Path(location).expanduser().resolve())
+
     @property
     def landing(self) -> Folder:
         return Folder(self.landing_dir or self.home / "landing", self.s3_endpoint_url)

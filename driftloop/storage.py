@@ -49,7 +49,8 @@ class Upload:
         self.fs.move(self.hidden, self.final)
 
     def abort(self) -> None:
-        self.stream.close()
+        with suppress(OSError):
+            self.stream.close()
         with suppress(OSError):
             self.fs.delete_file(self.hidden)
 
@@ -160,7 +161,7 @@ def _s3(endpoint_url: str | None) -> pafs.S3FileSystem:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     if endpoint_url is None:
         return pafs.S3FileSystem(region=region)
-    endpoint = urlsplit(endpoint_url)
+    endpoint = urlsplit(endpoint_url if "://" in endpoint_url else f"https://{endpoint_url}")
     return pafs.S3FileSystem(
         region=region, endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https"
     )

@@ -116,6 +116,8 @@ class ModelServer:
         self.store = ModelStore(self.registry, self.settings.serving_dir)
         self.metrics = ServingMetrics()
         self.routing = args.routing(self.settings)
+        self.deployed_split = TrafficSplit.of(self.routing)  # announced by `_join_split`
+        self.split_joined = False
         self.poll_interval_s = args.poll_interval_s or self.settings.serve_poll_interval_s
         self.rng = random.Random()
         self.pending: dict[str, PendingSwap] = {}
@@ -156,20 +158,31 @@ class ModelServer:
         """A `user_config` (a serve deploy, or this replica starting): batching applies as
         given, the traffic split is the one every replica shares (`SharedSplit`)."""
         routing = RoutingConfig.model_validate(user_config)
-        deployed = TrafficSplit.of(routing)
+        self.deployed_split = TrafficSplit.of(routing)
+        self.split_joined = False
+        self._apply_routing(routing)
+        await self._join_split()
+
+    async def _join_split(self) -> None:
+        """Agree with the other replicas: announce a new deploy's split once the registry
+        answers (until then this replica follows its user_config), then follow the record."""
         try:
             shared = await asyncio.to_thread(self._shared_split)
-            agreed = (
-                shared.on_deploy(deployed)
-                if shared
-                else SharedSplit(current=deployed, deployed=deployed)
-            )
-            if agreed != shared:
-                await asyncio.to_thread(self._store_split, agreed)
-            routing = routing.model_copy(update=agreed.current.model_dump())
-        except Exception as error:  # registry down: this replica follows its user_config
-            logger.warning("shared traffic split unavailable, using user_config: %s", error)
-        self._apply_routing(routing)
+            if not self.split_joined:
+                deployed = self.deployed_split
+                agreed = (
+                    shared.on_deploy(deployed)
+                    if shared
+                    else SharedSplit(current=deployed, deployed=deployed)
+                )
+                if agreed != shared:
+                    await asyncio.to_thread(self._store_split, agreed)
+                shared, self.split_joined = agreed, True
+        except Exception as error:  # registry down: keep the split in force
+            logger.warning("shared traffic split unavailable: %s", error)
+            return
+        if shared is not None and shared.current != TrafficSplit.of(self.routing):
+            self._apply_routing(self.routing.model_copy(update=shared.current.model_dump()))
 
     def share_split(self, split: TrafficSplit) -> None:
         """Make `split` the one every replica applies (an admin change, not a deploy)."""
@@ -273,10 +286,7 @@ class ModelServer:
                 self.pending[alias] = PendingSwap(model.version, seen_at)
                 self.metrics.swaps.labels(alias, "loaded").inc()
                 logger.info("@%s now serves v%s", alias, model.version)
-            shared = await asyncio.to_thread(self._shared_split)
-            if shared is not None and shared.current != TrafficSplit.of(self.routing):
-                # another replica took an admin change: follow it
-                self._apply_routing(self.routing.model_copy(update=shared.current.model_dump()))
+            await self._join_split()  # another replica may have taken an admin change
 
     def _alert(self, kind: str, message: str) -> None:
         """An event a person must see: counted, logged, and appended to events.jsonl."""

@@ -118,7 +118,7 @@ class ParquetLog:
                 self._open(window)
             assert self._writer is not None
             self._writer.write_table(table)
-        except (pa.ArrowException, OSError, ValueError, TypeError):
+        except Exception:  # the writer thread must outlive any bad record or store error
             logger.exception("prediction log: dropping %d records", len(records))
             self.on_drop(len(records))
 
@@ -131,6 +131,12 @@ class ParquetLog:
     def _publish(self) -> None:
         if self._writer is None or self._upload is None:
             return
-        self._writer.close()
-        self._upload.commit()
-        self._writer, self._upload, self._window = None, None, None
+        upload, self._upload = self._upload, None
+        try:
+            self._writer.close()
+            upload.commit()
+        except Exception:  # a store error loses this window's file, never the writer
+            logger.exception("prediction log: could not publish %s", upload.final)
+            upload.abort()
+        finally:
+            self._writer, self._window = None, None

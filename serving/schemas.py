@@ -24,7 +24,8 @@ _MLFLOW_TYPES: dict[str, FeatureType] = {
     "boolean": "bool",
 }
 _ANNOTATIONS: dict[FeatureType, Any] = {
-    "int": StrictInt,
+    # The log and the model store 64-bit integers: larger ones are a 422, not a lost record.
+    "int": Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)],
     # JSON has one number type: an integer literal is a valid float, NaN and inf are not.
     "float": Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)],
     "str": Annotated[str, Field(min_length=0, max_length=256)],

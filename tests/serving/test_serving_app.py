@@ -110,6 +110,7 @@ BAD_BODIES = {
     "unknown field": (json.dumps({"instances": [{**INSTANCE, "colour": 1}]}), 422, "colour"),
     "NaN": (json.dumps({"instances": [{**INSTANCE, "salary": float("nan")}]}), 422, "salary"),
     "inf": (json.dumps({"instances": [{**INSTANCE, "loan": float("inf")}]}), 422, "loan"),
+    "int beyond 64 bits": (json.dumps({"instances": [{**INSTANCE, "age": 10**22}]}), 422, "age"),
     "empty instances": (json.dumps({"instances": []}), 422, "instances"),
     "no instances": (json.dumps({"rows": [INSTANCE]}), 422, "instances"),
     "too many": (json.dumps({"instances": [INSTANCE] * 1001}), 413, "1000"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import pyarrow as pa
+
 from driftloop.monitoring import read_log
 from driftloop.storage import Folder
 from serving.prediction_log import FEEDBACK_SCHEMA, ParquetLog
@@ -27,3 +29,13 @@ def test_window_files_are_published_whole_and_read_back(folder: Folder) -> None:
     assert published.name.endswith("-w1.parquet")
     assert sorted(read_log(folder)["request_id"]) == sorted(f"r{i}" for i in range(14))
     assert dropped == [2]
+
+
+def test_a_record_arrow_cannot_take_is_dropped_and_the_writer_goes_on(folder: Folder) -> None:
+    dropped: list[int] = []
+    log = ParquetLog(folder, pa.schema([("n", pa.int64())]), "w2", 3600, 10, dropped.append, 0.05)
+    log.append([{"n": 10**30}])  # beyond int64: pyarrow raises OverflowError
+    time.sleep(0.3)
+    log.append([{"n": 7}])
+    log.close()
+    assert dropped == [1] and list(read_log(folder)["n"]) == [7]
