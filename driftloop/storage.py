@@ -139,7 +139,11 @@ class Folder:
     def move_to(self, name: str, target: Folder, new_name: str) -> None:
         """Move a file into another folder (copy then delete: works across devices and S3)."""
         target._ensure_root()
-        if type(target.fs) is type(self.fs):
+        same_store = (type(target.fs), target.s3_endpoint_url) == (
+            type(self.fs),
+            self.s3_endpoint_url,
+        )
+        if same_store:
             self.fs.copy_file(self._path(name), target._path(new_name))
         else:
             target.write_bytes(new_name, self.read_bytes(name))
