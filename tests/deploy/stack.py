@@ -160,6 +160,15 @@ def s3_server() -> Iterator[str]:
         server.stop()
 
 
+def stop(process: subprocess.Popen) -> None:
+    """End a server process: politely, then by force if it does not exit in 20 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 @contextmanager
 def pushgateway() -> Iterator[str]:
     """Prometheus' Pushgateway (Debian's prometheus-pushgateway) on a free local port."""
@@ -185,8 +194,7 @@ def pushgateway() -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop(process)
 
 
 def s3_client(endpoint: str) -> BaseClient:
@@ -226,11 +234,7 @@ def mlflow_server(backend_store_uri: str, s3_endpoint: str, log: Path) -> Iterat
         _wait_healthy(f"{url}/health", process, log, timeout=120)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:

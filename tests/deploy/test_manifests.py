@@ -305,22 +305,14 @@ def promtool() -> str:
     return found
 
 
-def test_prometheus_config_is_valid() -> None:
+@pytest.mark.parametrize(
+    "check",
+    [("check", "config", "prometheus.yml"), ("test", "rules", "alerts_test.yml")],
+    ids=["config is valid", "alert rules fire on recorded series"],
+)
+def test_promtool_accepts_the_prometheus_files(check: tuple[str, ...]) -> None:
     result = subprocess.run(
-        [promtool(), "check", "config", "prometheus.yml"],
-        cwd=DEPLOY / "prometheus",
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_alert_rules_fire_on_recorded_series() -> None:
-    result = subprocess.run(
-        [promtool(), "test", "rules", "alerts_test.yml"],
-        cwd=DEPLOY / "prometheus",
-        capture_output=True,
-        text=True,
+        [promtool(), *check], cwd=DEPLOY / "prometheus", capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
