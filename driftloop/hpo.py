@@ -7,8 +7,11 @@ processes pointed at the same storage add trials to the same study.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,8 @@ from driftloop.data import TrainingSet
 from driftloop.settings import Settings
 from driftloop.training import (
     SEARCH_SPACE_VERSION,
+    Folds,
+    FoldScorer,
     cross_validate,
     limited_threads,
     suggest_params,
@@ -94,6 +99,7 @@ def run_search(
         parent_id = parent.info.run_id
         study.set_user_attr(PARENT_RUN_ATTR, parent_id)
     x, y = training.xy(training.train)
+    local_folds = Folds(training.schema, x, y, settings.cv_folds, settings.seed)
     finished_before = _count(study, *_FINISHED)
     remaining = settings.n_trials - finished_before
 
@@ -114,9 +120,7 @@ def run_search(
 
         state = "FAILED"
         try:
-            score = cross_validate(
-                params, training.schema, x, y, settings.cv_folds, settings.seed, report
-            )
+            score = cross_validate(params, folds, report)
             state = "COMPLETE"
             fold_scores.append(Metric("cv_accuracy", score, int(time.time() * 1000), 0))
             return score
@@ -139,11 +143,13 @@ def run_search(
 
     started = time.perf_counter()
     if remaining > 0:
-        with limited_threads(settings.train_threads):
+        parallel = min(settings.hpo_parallel, remaining)
+        with fold_scorer(local_folds, parallel, settings.train_threads) as folds:
             study.optimize(
                 objective,
                 n_trials=remaining,
                 timeout=settings.hpo_timeout_s,
+                n_jobs=parallel,
                 callbacks=[announce],
                 catch=(ValueError,),
             )
@@ -172,6 +178,54 @@ def run_search(
         tags=[RunTag("driftloop.study", name)],
     )
     return result
+
+
+_WORKER_FOLDS: Folds | None = None
+
+
+def _adopt_folds(folds: Folds, threads: int) -> None:
+    global _WORKER_FOLDS
+    _WORKER_FOLDS = folds
+    limited_threads(threads)  # not as a context: the limit holds for the worker's life
+
+
+def _score_in_worker(params: dict[str, Any], fold: int) -> float:
+    assert _WORKER_FOLDS is not None, "fold worker started without its folds"
+    return _WORKER_FOLDS.score(params, fold)
+
+
+class _PooledFolds:
+    """The same folds, fitted in worker processes that received the data once."""
+
+    def __init__(self, pool: ProcessPoolExecutor, folds: int) -> None:
+        self._pool, self._folds = pool, folds
+
+    def __len__(self) -> int:
+        return self._folds
+
+    def score(self, params: dict[str, Any], fold: int) -> float:
+        return self._pool.submit(_score_in_worker, params, fold).result()
+
+
+@contextlib.contextmanager
+def fold_scorer(folds: Folds, parallel: int, threads: int) -> Iterator[FoldScorer]:
+    """Where the fits of `parallel` concurrent trials run.
+
+    One trial fits here. Several trials run in Optuna's threads, but their fits go to
+    spawned processes: fitting in threads measured slower than one thread (GIL, pandas),
+    and spawn, not fork, because the calling process has Dagster's and MLflow's threads.
+    """
+    if parallel <= 1:
+        with limited_threads(threads):
+            yield folds
+        return
+    with ProcessPoolExecutor(
+        parallel,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_adopt_folds,
+        initargs=(folds, threads),
+    ) as pool:
+        yield _PooledFolds(pool, len(folds))
 
 
 def _count(study: optuna.Study, *states: optuna.trial.TrialState) -> int:

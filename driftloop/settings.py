@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     cv_folds: int = Field(default=5, ge=2)
     hpo_timeout_s: float | None = Field(default=None, gt=0)
     train_threads: int = Field(default=1, ge=1, description="OpenMP/BLAS threads per fit.")
+    hpo_parallel: int = Field(
+        default=2, ge=1, description="Trials one search runs at once, each fitting in a process."
+    )
     hpo_worker: int = Field(
         default=0, ge=0, description="This process's index among workers sharing one study."
     )

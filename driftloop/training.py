@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import optuna
@@ -114,21 +114,43 @@ def make_model(params: dict[str, Any], schema: DatasetSchema, seed: int) -> Pipe
     return Pipeline([("encode", encode), ("model", estimator)])
 
 
+class Folds:
+    """Stratified folds of one training set; a trial scores them one at a time so that
+    pruning can stop it after any fold."""
+
+    def __init__(
+        self, schema: DatasetSchema, x: pd.DataFrame, y: pd.Series, folds: int, seed: int
+    ) -> None:
+        self.schema, self.x, self.y, self.seed = schema, x, y, seed
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        self.splits = list(splitter.split(x, y))
+
+    def __len__(self) -> int:
+        return len(self.splits)
+
+    def score(self, params: dict[str, Any], fold: int) -> float:
+        """Accuracy on fold `fold` of a model fitted on the other folds."""
+        fit_rows, val_rows = self.splits[fold]
+        model = make_model(params, self.schema, self.seed)
+        model.fit(self.x.iloc[fit_rows], self.y.iloc[fit_rows])
+        return float(accuracy_score(self.y.iloc[val_rows], model.predict(self.x.iloc[val_rows])))
+
+
+class FoldScorer(Protocol):
+    def __len__(self) -> int: ...
+
+    def score(self, params: dict[str, Any], fold: int) -> float: ...
+
+
 def cross_validate(
     params: dict[str, Any],
-    schema: DatasetSchema,
-    x: pd.DataFrame,
-    y: pd.Series,
-    folds: int,
-    seed: int,
+    folds: FoldScorer,
     report: Callable[[float, int], None] | None = None,
 ) -> float:
-    """Mean accuracy over stratified folds; `report(mean_so_far, fold)` may raise to prune."""
+    """Mean accuracy over the folds; `report(mean_so_far, fold)` may raise to prune."""
     scores: list[float] = []
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fold, (fit_rows, val_rows) in enumerate(splitter.split(x, y)):
-        model = make_model(params, schema, seed).fit(x.iloc[fit_rows], y.iloc[fit_rows])
-        scores.append(accuracy_score(y.iloc[val_rows], model.predict(x.iloc[val_rows])))
+    for fold in range(len(folds)):
+        scores.append(folds.score(params, fold))
         if report is not None:
             report(float(np.mean(scores)), fold)
     return float(np.mean(scores))

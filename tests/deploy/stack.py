@@ -328,18 +328,20 @@ def run_trials(
     from driftloop.schema import infer_schema
     from driftloop.settings import load_settings
     from driftloop.simulate import LoanStream
-    from driftloop.training import cross_validate, limited_threads, suggest_params
+    from driftloop.training import Folds, cross_validate, limited_threads, suggest_params
 
     settings = load_settings()
     frame = LoanStream(seed=7).take_frame(rows, settings.target_column)
     schema = infer_schema(frame, settings.target_column)
-    x, y = frame[schema.feature_names], frame[schema.target]
+    folds = Folds(
+        schema, frame[schema.feature_names], frame[schema.target], settings.cv_folds, settings.seed
+    )
     study = open_study(settings, study_name)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker)
         params = suggest_params(trial)
-        return cross_validate(params, schema, x, y, settings.cv_folds, settings.seed)
+        return cross_validate(params, folds)
 
     _await_peers(barrier, worker, peers)
     started = time.perf_counter()
