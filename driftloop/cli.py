@@ -117,7 +117,9 @@ def _parser() -> argparse.ArgumentParser:
     bench_serve = bench.add_parser("serve", help="serving vs mlflow models serve vs FastAPI")
     bench_serve.add_argument("--quick", action="store_true", help="5 s per measurement")
     bench_serve.add_argument("--json", type=Path, required=True, metavar="PATH")
-    bench_serve.add_argument("--replicas", type=int, default=1)
+    bench_serve.add_argument(
+        "--replicas", type=int, default=2, help="replicas of ours (mlflow and bare: 2 workers)"
+    )
     bench_serve.set_defaults(command=cmd_bench_serve)
     return parser
 

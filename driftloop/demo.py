@@ -40,6 +40,7 @@ from driftloop.simulate import DriftPlan, LoanStream, write_batches
 
 LAND_MIN_ROWS = 60  # above the children's DRIFTLOOP_MIN_ROWS (50)
 IN_FLIGHT = 16  # concurrent demo requests at most
+FEEDBACK_EVERY_S = 0.5
 NEVER = 10**12  # a stream position the traffic never reaches: no drift planned yet
 
 
@@ -50,7 +51,7 @@ class DemoPlan:
     rows: int = 20_000  # the first champion's training rows
     trials: int = 12  # Optuna trials per training run (the oracle gets the same)
     cv_folds: int = 3
-    requests_per_s: float = 40.0  # one application each
+    requests_per_s: float = 60.0  # one application each
     feedback_delay_s: float = 3.0
     land_every_s: float = 30.0  # one ingest run per file: fewer, larger files keep up
     calm_s: float = 90.0  # traffic before the drift (the drill runs inside it)
@@ -62,7 +63,7 @@ class DemoPlan:
     log_window_s: int = 5
     monitor_window_s: int = 60
     retrain_cooldown_s: int = 300  # longer than retrain + canary: one retrain per episode
-    retrain_min_rows: int = 2500  # labelled rows since the change before retraining
+    retrain_min_rows: int = 3500  # labelled rows since the change before retraining
     canary_min_samples: int = 40
     canary_steps: tuple[float, ...] = (0.25, 1.0)
     seed: int = 7
@@ -209,6 +210,7 @@ def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str)
             # Two shared cores: queueing, not the model, dominates latency; judge accuracy.
             "DRIFTLOOP_CANARY_MAX_P99_MS": "60000",
             "DRIFTLOOP_LANDING_SENSOR_INTERVAL_S": "5",
+            "DRIFTLOOP_CANARY_SENSOR_INTERVAL_S": "5",
             "DRIFTLOOP_ADMIN_API_KEY": admin_key,
             "DRIFTLOOP_SERVE_PORT": str(ports["serve"]),
             "DRIFTLOOP_SERVING_URL": f"http://127.0.0.1:{ports['serve']}",
@@ -296,6 +298,7 @@ class Traffic(threading.Thread):
         self.stop_event = threading.Event()
         self.pending: deque[tuple[float, list[dict[str, Any]]]] = deque()
         self.unlanded: list[dict[str, Any]] = []
+        self.feedback_sent = 0.0
         self.errors = 0
 
     def inject(self, kind: str) -> None:
@@ -354,6 +357,11 @@ class Traffic(threading.Thread):
             self.unlanded.append({**features, "label": label})
 
     def _send_due_feedback(self) -> None:
+        """At most one feedback call per FEEDBACK_EVERY_S: one label per request would
+        double the HTTP calls this loop makes and slow the traffic it must keep steady."""
+        if time.monotonic() - self.feedback_sent < FEEDBACK_EVERY_S:
+            return
+        self.feedback_sent = time.monotonic()
         due: list[dict[str, Any]] = []
         with self.state.lock:
             while self.pending and self.pending[0][0] <= time.monotonic():

@@ -103,6 +103,14 @@ class VersionInfo:
         )
 
 
+@dataclass(frozen=True)
+class ModelRecord:
+    """The registered model itself: which version each alias names, and its own tags."""
+
+    aliases: dict[str, str]
+    tags: dict[str, str]
+
+
 class Registry:
     """One registered model in one MLflow registry."""
 
@@ -165,9 +173,15 @@ class Registry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, str(value))
 
+    def record(self) -> ModelRecord:
+        """All aliases and model tags in one query: what a serving replica polls."""
+        model = self.client.get_registered_model(self.name)
+        aliases = {alias: str(version) for alias, version in model.aliases.items()}
+        return ModelRecord(aliases, dict(model.tags))
+
     def model_tag(self, key: str) -> str | None:
         """A tag of the registered model itself: state shared by everyone serving it."""
-        return self.client.get_registered_model(self.name).tags.get(key)
+        return self.record().tags.get(key)
 
     def set_model_tag(self, key: str, value: str) -> None:
         self.client.set_registered_model_tag(self.name, key, value)

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     schedule_cron: str = "0 2 * * *"
     schedule_timezone: str = "UTC"
     landing_sensor_interval_s: int = Field(default=30, ge=1)
+    canary_sensor_interval_s: int = Field(default=15, ge=1)
 
     dagster_port: int = 3000
     mlflow_port: int = 5000

@@ -180,7 +180,7 @@ def canary_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="canary_sensor",
         job=canary_job,
-        minimum_interval_seconds=15,
+        minimum_interval_seconds=settings.canary_sensor_interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Takes the next canary step while a @challenger exists.",
     )

@@ -71,12 +71,98 @@ def _width(column: Column) -> int:
     return column.width if isinstance(column, OneHot) else 1
 
 
+# Up to this many rows, all trees are walked at once in NumPy (`Forest`); beyond it, one
+# compiled call per tree is cheaper. Measured on the demo's 211-tree model: 1 row 0.7 ms
+# against 1.9 ms, 16 rows about even, 100 rows 10.9 ms against 4.0 ms.
+FOREST_ROWS = 8
+_MISSING_CODE = 256  # the column of `Forest.goes_left` for a missing or negative category
+
+
+@dataclass(frozen=True)
+class Forest:
+    """One class's trees as flat node arrays, walked one level per step for every
+    (row, tree) pair at once.
+
+    A request of a few rows pays mostly per-call overhead in the per-tree path (~8 us per
+    compiled call, hundreds of trees); here it pays one NumPy pass per tree level. Leaves
+    point to themselves, so walking the deepest tree's depth finishes every tree. The rules
+    are `_predict_one_from_raw_data`'s (sklearn 1.9), with each categorical node's decision
+    for every code precomputed in `goes_left`.
+    """
+
+    roots: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    missing_left: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    category_slot: np.ndarray  # -1 for numeric nodes, else the node's row in `goes_left`
+    goes_left: np.ndarray  # (categorical nodes, 257): code 0..255, then missing
+    value: np.ndarray
+    depth: int
+
+    @classmethod
+    def of(cls, trees: list[Any], known_cat_bitsets: np.ndarray, f_idx_map: np.ndarray) -> Forest:
+        sizes = [tree.nodes.shape[0] for tree in trees]
+        starts = np.cumsum([0, *sizes[:-1]]).astype(np.intp)
+        nodes = np.concatenate([tree.nodes for tree in trees])
+        offset = np.repeat(starts, sizes)
+        leaf = nodes["is_leaf"].astype(bool)
+        itself = np.arange(len(nodes), dtype=np.intp)
+        missing_left = nodes["missing_go_to_left"].astype(bool)
+        categorical = np.flatnonzero(nodes["is_categorical"].astype(bool) & ~leaf)
+        slot = np.full(len(nodes), -1, dtype=np.intp)
+        slot[categorical] = np.arange(len(categorical))
+        tree_of = np.repeat(np.arange(len(trees)), sizes)
+        codes = np.arange(256)
+        goes_left = np.empty((len(categorical), 257), dtype=bool)
+        for row, node in enumerate(categorical):
+            left_set = trees[tree_of[node]].raw_left_cat_bitsets[nodes["bitset_idx"][node]]
+            known = known_cat_bitsets[f_idx_map[nodes["feature_idx"][node]]]
+            in_left = (left_set[codes // 32] >> (codes % 32)) & 1 == 1
+            is_known = (known[codes // 32] >> (codes % 32)) & 1 == 1
+            goes_left[row, :256] = in_left | (~is_known & missing_left[node])
+            goes_left[row, _MISSING_CODE] = missing_left[node]
+        return cls(
+            roots=starts,
+            feature=np.where(leaf, 0, nodes["feature_idx"]).astype(np.intp),
+            threshold=nodes["num_threshold"].astype(np.float64),
+            missing_left=missing_left,
+            left=np.where(leaf, itself, nodes["left"].astype(np.intp) + offset),
+            right=np.where(leaf, itself, nodes["right"].astype(np.intp) + offset),
+            category_slot=slot,
+            goes_left=goes_left,
+            value=nodes["value"].astype(np.float64),
+            depth=max(tree.get_max_depth() for tree in trees),
+        )
+
+    def leaf_values(self, x: np.ndarray) -> np.ndarray:
+        """Each tree's leaf value for each row: shape (rows, trees)."""
+        at = np.tile(self.roots, (x.shape[0], 1))
+        rows = np.arange(x.shape[0])[:, None]
+        for _ in range(self.depth):
+            value = x[rows, self.feature[at]]
+            left = value <= self.threshold[at]
+            missing = np.isnan(value)
+            if missing.any():
+                left[missing] = self.missing_left[at[missing]]
+            slot = self.category_slot[at]
+            categorical = slot >= 0
+            if categorical.any():
+                code = value[categorical]
+                code = np.where(np.isnan(code) | (code < 0), _MISSING_CODE, np.clip(code, 0, 255))
+                left[categorical] = self.goes_left[slot[categorical], code.astype(np.intp)]
+            at = np.where(left, self.left[at], self.right[at])
+        return self.value[at]
+
+
 @dataclass(frozen=True)
 class Boosting:
     """HistGradientBoostingClassifier's `_raw_predict` on an already encoded matrix.
 
     The same private calls in the same order as scikit-learn 1.9 (pinned in pyproject), minus
-    per-call input validation and re-encoding, which the compiled columns already did.
+    per-call input validation and re-encoding, which the compiled columns already did; a few
+    rows go through `Forest` instead.
     """
 
     predictors: list[list[Any]]
@@ -84,8 +170,31 @@ class Boosting:
     f_idx_map: np.ndarray
     baseline: np.ndarray
     loss: Any
+    forests: tuple[Forest, ...]
+
+    @classmethod
+    def of(cls, estimator: HistGradientBoostingClassifier) -> Boosting:
+        bitsets, f_idx_map = estimator._bin_mapper.make_known_categories_bitsets()
+        predictors = estimator._predictors
+        forests = tuple(
+            Forest.of([iteration[k] for iteration in predictors], bitsets, f_idx_map)
+            for k in range(len(predictors[0]))
+        )
+        baseline = estimator._baseline_prediction
+        return cls(predictors, bitsets, f_idx_map, baseline, estimator._loss, forests)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[0] <= FOREST_ROWS:
+            # Summed left to right from the baseline (cumsum is sequential), the order
+            # `_raw_predict` adds trees in, so the probabilities are bit-identical.
+            raw = np.stack(
+                [
+                    np.cumsum(np.hstack([np.full((len(x), 1), start), forest.leaf_values(x)]), 1)
+                    for start, forest in zip(self.baseline.ravel(), self.forests, strict=True)
+                ],
+                axis=1,
+            )[:, :, -1]
+            return self.loss.predict_proba(raw)
         raw = np.zeros((x.shape[0], self.baseline.shape[-1]), self.baseline.dtype, order="F")
         raw += self.baseline
         n_threads = _openmp_effective_n_threads()
@@ -192,15 +301,7 @@ def compile_pipeline(pipeline: Any, features: tuple[FeatureField, ...]) -> Compi
         raise NotCompilable(f"no fast path for {type(estimator).__name__}")
     if estimator._preprocessor is not None:  # its own encoder of the categorical columns
         columns = _compile_columns(estimator._preprocessor, _per_output(columns), types)
-    bitsets, f_idx_map = estimator._bin_mapper.make_known_categories_bitsets()
-    boosting = Boosting(
-        estimator._predictors,
-        bitsets,
-        f_idx_map,
-        estimator._baseline_prediction,
-        estimator._loss,
-    )
-    return CompiledPipeline(columns, False, "C", boosting.predict_proba, features)
+    return CompiledPipeline(columns, False, "C", Boosting.of(estimator).predict_proba, features)
 
 
 def _dense_order(

@@ -32,10 +32,15 @@ def haproxy_dir(settings: Settings) -> Path:
 
 def serve_env(settings: Settings, haproxy: bool) -> dict[str, str]:
     """Environment Ray must see before it starts (its processes read it at import)."""
+    # Ray starts its workers at niceness 15 so that its own daemons win; here the replicas
+    # are the workload, and at 15 they lose the cores to anything else (a load generator,
+    # a Dagster run): measured 580 against 720 requests/s under wrk.
+    niceness = {"RAY_worker_niceness": "0"}
     if not haproxy:
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
+        return {**niceness, "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
     base = haproxy_dir(settings)
     return {
+        **niceness,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(base / "haproxy.cfg"),

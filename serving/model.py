@@ -205,11 +205,16 @@ def compile_checked(model: LoadedModel, example: pd.DataFrame) -> CompiledPipeli
         compiled = compile_pipeline(model.pipeline, model.features)
         rows = compiled.probe_rows(example.to_dict("records"))
         fast = compiled.predict_proba(rows)
+        # Row by row too: a few rows take another route through the trees (`Forest`).
+        fast_alone = np.vstack([compiled.predict_proba([row]) for row in rows])
         slow = model.pipeline.predict_proba(frame_of(rows, model.features))
     except Exception as error:  # NotCompilable, or anything the probes trip over
         logger.warning("v%s is served by the pandas path: %s", model.version, error)
         return None
-    if fast.shape != slow.shape or not np.allclose(fast, slow, rtol=0, atol=1e-12):
+    if any(
+        got.shape != slow.shape or not np.allclose(got, slow, rtol=0, atol=1e-12)
+        for got in (fast, fast_alone)
+    ):
         logger.warning(
             "v%s is served by the pandas path: the compiled path disagrees on probe rows",
             model.version,
