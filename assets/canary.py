@@ -40,11 +40,12 @@ def arm_outcomes(
     settings: Settings, since: float, route: str, version: str
 ) -> tuple[np.ndarray, float]:
     """Correctness (1/0) of one arm's labelled predictions since `since`, and its p99 latency."""
-    predictions = read_log(settings.prediction_log, datetime.fromtimestamp(since, UTC))
+    start, window = datetime.fromtimestamp(since, UTC), settings.prediction_log_window_s
+    predictions = read_log(settings.prediction_log, start, window)
     if predictions.empty:
         return np.array([]), 0.0
     arm = predictions[(predictions["route"] == route) & (predictions["model_version"] == version)]
-    joined = join_feedback(arm, read_log(settings.feedback_log))
+    joined = join_feedback(arm, read_log(settings.feedback_log, start, window))  # labels follow
     outcomes = (joined["prediction"].astype(str) == joined["label"].astype(str)).to_numpy(float)
     p99 = float(np.percentile(arm["latency_ms"], 99)) if len(arm) else 0.0
     return outcomes, p99

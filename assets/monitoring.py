@@ -34,7 +34,7 @@ def feature_drift_report(
     artifact of the champion's run, linked here)."""
     settings = driftloop.settings()
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
-    traffic = read_log(settings.prediction_log, since)
+    traffic = read_log(settings.prediction_log, since, settings.prediction_log_window_s)
     columns = training_dataset.schema.feature_names
     if len(traffic) < settings.monitor_min_rows:
         context.log.info(f"{len(traffic)} recent predictions; need {settings.monitor_min_rows}")
@@ -88,7 +88,8 @@ def live_model_quality(
     settings = driftloop.settings()
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
     joined = join_feedback(
-        read_log(settings.prediction_log, since), read_log(settings.feedback_log, since)
+        read_log(settings.prediction_log, since, settings.prediction_log_window_s),
+        read_log(settings.feedback_log, since, settings.prediction_log_window_s),
     )
     champion = driftloop.registry().by_alias(CHAMPION)
     metadata: dict[str, object] = {"labelled": len(joined)}

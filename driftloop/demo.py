@@ -51,7 +51,7 @@ class DemoPlan:
     rows: int = 20_000  # the first champion's training rows
     trials: int = 12  # Optuna trials per training run (the oracle gets the same)
     cv_folds: int = 3
-    requests_per_s: float = 60.0  # one application each
+    requests_per_s: float = 50.0  # one application each
     feedback_delay_s: float = 3.0
     land_every_s: float = 30.0  # one ingest run per file: fewer, larger files keep up
     calm_s: float = 90.0  # traffic before the drift (the drill runs inside it)
@@ -63,7 +63,7 @@ class DemoPlan:
     log_window_s: int = 5
     monitor_window_s: int = 60
     retrain_cooldown_s: int = 300  # longer than retrain + canary: one retrain per episode
-    retrain_min_rows: int = 3500  # labelled rows since the change before retraining
+    retrain_min_rows: int = 3000  # labelled rows since the change before retraining
     canary_min_samples: int = 40
     canary_steps: tuple[float, ...] = (0.25, 1.0)
     seed: int = 7

@@ -10,12 +10,24 @@ import numpy as np
 import pandas as pd
 from river import drift
 
+from driftloop.logwindows import window_start
 from driftloop.storage import Folder
 
 
-def read_log(log: Folder, since: datetime | None = None) -> pd.DataFrame:
-    """Published Parquet files of a serving log (in-progress files are hidden until whole)."""
+def read_log(
+    log: Folder, since: datetime | None = None, window_s: int | None = None
+) -> pd.DataFrame:
+    """Published Parquet files of a serving log (in-progress files are hidden until whole),
+    rows at or after `since`.
+
+    With the writers' `window_s`, files whose window ended before `since` are not read: a
+    record is written during its file's window, so none of theirs can be that recent. One
+    extra window of slack covers clocks that disagree between writers and this reader.
+    """
     names = [f.name for f in log.files((".parquet",))]
+    if since is not None and window_s is not None:
+        oldest = since.timestamp() - 2 * window_s
+        names = [n for n in names if (start := window_start(n)) is None or start >= oldest]
     if not names:
         return pd.DataFrame()
     frame = pd.concat(log.read_parquet(names), ignore_index=True)

@@ -4,12 +4,19 @@ import dagster as dg
 
 from assets import canary, ingestion, monitoring, registry, training
 
+# One process per run: every job is a short chain of steps, and a process per step paid
+# Python, Dagster and library imports again each time (Evidently alone takes ~5 s), which
+# on two shared cores slowed the monitors and the retrain they start. Re-execution from a
+# failed step still works: step outputs are in the IO manager's store either way.
+EXECUTOR = dg.in_process_executor
+
 ingest_job = dg.define_asset_job(
     "ingest",
     selection=dg.AssetSelection.assets(ingestion.landed_batch),
     partitions_def=ingestion.landed_files,
     description="Validate one landed file and accept or quarantine it.",
     tags={"driftloop/kind": "ingest"},
+    executor_def=EXECUTOR,
 )
 
 training_job = dg.define_asset_job(
@@ -17,6 +24,7 @@ training_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(training.GROUP, registry.GROUP),
     description="Version the dataset, search hyper-parameters, register and gate a candidate.",
     tags={"driftloop/kind": "training"},
+    executor_def=EXECUTOR,
 )
 
 monitoring_job = dg.define_asset_job(
@@ -24,6 +32,7 @@ monitoring_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(monitoring.GROUP),
     description="Judge recent served traffic: feature drift and live quality.",
     tags={"driftloop/kind": "monitoring"},
+    executor_def=EXECUTOR,
 )
 
 canary_job = dg.define_asset_job(
@@ -31,4 +40,5 @@ canary_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(canary.GROUP),
     description="One canary step for the current @challenger.",
     tags={"driftloop/kind": "canary"},
+    executor_def=EXECUTOR,
 )

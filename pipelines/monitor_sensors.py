@@ -3,6 +3,7 @@ at most once per cooldown, plus an alert for every failed run."""
 
 import json
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -55,33 +56,35 @@ def last_calm_verdict(
     return None
 
 
-def _retrain_or_skip(
-    context: dg.SensorEvaluationContext,
-    settings: Settings,
-    trigger: str,
-    reason: str,
-    run_key: str,
-    train_since: float | None = None,
-) -> dg.SensorResult:
-    last = last_monitor_retrain(context.instance)
+def _why_not_now(
+    instance: dg.DagsterInstance, settings: Settings, reason: str, train_since: float | None
+) -> tuple[str, str] | None:
+    """None when a retrain may start now; else ("cooldown" | "waiting", the skip message)."""
+    last = last_monitor_retrain(instance)
     if last is not None and time.time() - last < settings.retrain_cooldown_s:
         wait = settings.retrain_cooldown_s - (time.time() - last)
-        return dg.SensorResult(skip_reason=f"{reason}, but in cooldown for {wait:.0f}s more")
+        return "cooldown", f"{reason}, but in cooldown for {wait:.0f}s more"
     if train_since is not None:
         # A retrain that mostly sees the old world learns the old world: wait for labels.
         landed = BatchStore(settings.batches).rows_after(train_since)
         if landed < settings.retrain_min_rows:
-            return dg.SensorResult(
-                skip_reason=f"{reason}; waiting for labelled rows since the change: "
+            return "waiting", (
+                f"{reason}; waiting for labelled rows since the change: "
                 f"{landed} of {settings.retrain_min_rows}"
             )
+    return None
+
+
+def _retrain_request(
+    trigger: str, reason: str, run_key: str, train_since: float | None
+) -> dg.RunRequest:
     notify("drift_detected" if trigger == "drift" else "retrain_started", reason)
     # Ahead of queued ingest and monitoring runs: the rows it needs are already accepted.
     tags = {TRIGGER_TAG: trigger, TRIGGER_REASON_TAG: reason[:200], "dagster/priority": "5"}
     if train_since is not None:
         # Rows from before the change would teach the retrain the old world again.
         tags[TRAIN_SINCE_TAG] = f"{train_since:.3f}"
-    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=run_key, tags=tags)])
+    return dg.RunRequest(run_key=run_key, tags=tags)
 
 
 def prediction_log_sensor(settings: Settings) -> dg.SensorDefinition:
@@ -130,37 +133,67 @@ def drift_sensor(settings: Settings) -> dg.SensorDefinition:
         # verdict, somewhere in the window this one judged.
         calm = last_calm_verdict(context.instance, asset_event.timestamp, settings)
         since = calm if calm is not None else asset_event.timestamp - settings.monitor_window_s
-        return _retrain_or_skip(
-            context, settings, "drift", reason, f"drift-{asset_event.run_id}", since
-        )
+        blocked = _why_not_now(context.instance, settings, reason, since)
+        if blocked is not None:  # drift persists: the next verdict asks again
+            return dg.SensorResult(skip_reason=blocked[1])
+        request = _retrain_request("drift", reason, f"drift-{asset_event.run_id}", since)
+        return dg.SensorResult(run_requests=[request])
 
     return _sensor
 
 
 def quality_sensor(settings: Settings) -> dg.SensorDefinition:
-    @dg.asset_sensor(
+    """A detected drop stays pending in the cursor until its retrain starts.
+
+    A change detector names the drop once, while the monitor window still holds traffic
+    from both sides of it; waiting for labelled rows can outlast that window, so the
+    trigger is kept here rather than re-derived from the newest verdict.
+    """
+
+    @dg.sensor(
         name="quality_sensor",
-        asset_key=dg.AssetKey("live_model_quality"),
         job=training_job,
+        minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Retrains when the champion's live accuracy drops at a detected change.",
     )
-    def _sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
-        metadata = asset_event.asset_materialization.metadata
+    def _sensor(context: dg.SensorEvaluationContext):
+        cursor = json.loads(context.cursor or "{}")
+        newest = context.instance.fetch_materializations(
+            dg.AssetKey("live_model_quality"), limit=1
+        ).records
+        if newest and newest[0].storage_id > cursor.get("seen", -1):
+            cursor["seen"] = newest[0].storage_id
+            drop = _quality_drop(newest[0])
+            if drop is not None:
+                cursor["pending"] = drop
+        pending = cursor.get("pending")
+        if pending is None:
+            return dg.SensorResult(
+                skip_reason="no quality drop beyond the threshold", cursor=json.dumps(cursor)
+            )
+        blocked = _why_not_now(context.instance, settings, pending["reason"], pending["since"])
+        if blocked is not None:
+            if blocked[0] == "cooldown":  # a monitor retrain already answered this episode
+                del cursor["pending"]
+            return dg.SensorResult(skip_reason=blocked[1], cursor=json.dumps(cursor))
+        del cursor["pending"]
+        request = _retrain_request("quality", pending["reason"], pending["key"], pending["since"])
+        return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor))
+
+    def _quality_drop(record: dg.EventLogRecord) -> dict[str, Any] | None:
+        """The drop a verdict names, if beyond the threshold, as the cursor keeps it."""
+        metadata = record.asset_materialization.metadata
         drop = metadata.get("quality_drop")
         if drop is None or float(drop.value) < settings.quality_drop_threshold:
-            return dg.SensorResult(skip_reason="no quality drop beyond the threshold")
+            return None
         change = int(metadata["change_at_sample"].value)
-        reason = f"quality drop {float(drop.value):.3f} at labelled sample {change}"
         at = metadata.get("change_at_time")
-        return _retrain_or_skip(
-            context,
-            settings,
-            "quality",
-            reason,
-            f"quality-{asset_event.run_id}",
-            float(at.value) if at is not None else None,
-        )
+        return {
+            "reason": f"quality drop {float(drop.value):.3f} at labelled sample {change}",
+            "since": float(at.value) if at is not None else None,
+            "key": f"quality-{record.run_id}",
+        }
 
     return _sensor
 

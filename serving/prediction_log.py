@@ -14,12 +14,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from driftloop.logwindows import window_file
 from driftloop.storage import Folder, Upload
 from serving.schemas import FeatureField
 
@@ -123,8 +123,7 @@ class ParquetLog:
             self.on_drop(len(records))
 
     def _open(self, window: int) -> None:
-        stamp = datetime.fromtimestamp(window, UTC).strftime("%Y%m%dT%H%M%SZ")
-        self._upload = self.folder.upload(f"{stamp}-{self.writer_id}.parquet")
+        self._upload = self.folder.upload(window_file(window, self.writer_id))
         self._writer = pq.ParquetWriter(self._upload.stream, self.schema)
         self._window = window
 

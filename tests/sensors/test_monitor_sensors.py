@@ -176,6 +176,47 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
         assert np.isfinite(accuracy.value)
 
 
+def test_a_quality_drop_stays_pending_until_its_rows_have_landed(
+    monitored: Settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_COOLDOWN_S", "0")
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        clear_logs(settings)
+        write_log(settings, DriftPlan(concept_drift_at=1500, drift_function=1), 3000, "dropped")
+        run_monitors(settings, instance)
+        verdict = instance.get_latest_materialization_event(dg.AssetKey("live_model_quality"))
+        change_at = verdict.asset_materialization.metadata["change_at_time"].value
+        # Earlier tests in this home may have landed rows since then: ask for 250 more.
+        needed = BatchStore(settings.batches).rows_after(change_at) + 250
+        sensor = quality_sensor(settings.model_copy(update={"retrain_min_rows": needed}))
+        waiting = evaluate(sensor, instance)
+        assert waiting.run_requests == []
+        assert "quality drop" in waiting.skip_message
+        assert f"waiting for labelled rows since the change: {needed - 250} of {needed}" in (
+            waiting.skip_message
+        )
+
+        # The monitor window moves past the change: the newest verdict names no drop.
+        clear_logs(settings)
+        write_log(settings, DriftPlan(), 1000, "later")
+        run_monitors(settings, instance)
+        later = instance.get_latest_materialization_event(dg.AssetKey("live_model_quality"))
+        assert "quality_drop" not in later.asset_materialization.metadata
+        still = evaluate(sensor, instance, waiting.cursor)
+        assert still.run_requests == [] and "waiting for labelled rows" in still.skip_message
+
+        land(settings, rows=600, batch_rows=300, seed=123)
+        ingest_pending(settings, instance, lambda _: None)
+        fired = evaluate(sensor, instance, still.cursor)
+        (request,) = fired.run_requests
+        assert request.tags[TRIGGER_TAG] == "quality"
+        assert request.tags["driftloop/trigger_reason"].startswith("quality drop")
+        done = evaluate(sensor, instance, fired.cursor)
+        assert done.run_requests == [] and "no quality drop" in done.skip_message
+
+
 def test_canary_sensor_acts_only_for_the_canary_policy_and_a_challenger(
     monitored: Settings, monkeypatch
 ) -> None:

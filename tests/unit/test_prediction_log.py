@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from driftloop.logwindows import window_file, window_start
 from driftloop.monitoring import read_log
 from driftloop.storage import Folder
 from serving.prediction_log import FEEDBACK_SCHEMA, ParquetLog
@@ -39,3 +40,17 @@ def test_a_record_arrow_cannot_take_is_dropped_and_the_writer_goes_on(folder: Fo
     log.append([{"n": 7}])
     log.close()
     assert dropped == [1] and list(read_log(folder)["n"]) == [7]
+
+
+def test_reading_a_recent_window_skips_files_of_older_windows(folder: Folder) -> None:
+    now = time.time()
+    window = 60
+    for start, request_id in [(now - 3600, "old"), (now - 30, "recent")]:
+        # Both records claim to be recent: only the file names tell the windows apart.
+        frame = pa.table({"request_id": [request_id], "at": [datetime.now(UTC)], "label": ["1"]})
+        folder.write_frame(window_file(int(start // window) * window, "w3"), frame.to_pandas())
+    since = datetime.fromtimestamp(now - 120, UTC)
+    assert sorted(read_log(folder, since)["request_id"]) == ["old", "recent"]
+    assert list(read_log(folder, since, window)["request_id"]) == ["recent"]
+    assert window_start(window_file(1_800_000_000, "w3")) == 1_800_000_000
+    assert window_start("notes.parquet") is None
