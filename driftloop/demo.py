@@ -145,7 +145,12 @@ class LoopState:
 
 
 class Children:
-    """The servers this demo started, stopped in reverse order (serving first, gently)."""
+    """The servers this demo started, stopped in reverse order (serving first, gently).
+
+    Each runs in its own process group and is stopped as a group: `dagster dev` starts the
+    webserver and the daemon as its own children, and a daemon left behind goes on running
+    sensors and monitoring runs on the demo's home after the demo has ended.
+    """
 
     def __init__(self, logs: Path, env: dict[str, str]) -> None:
         self.logs, self.env = logs, env
@@ -154,26 +159,39 @@ class Children:
     def start(self, name: str, command: list[str], cwd: Path) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
         proc = subprocess.Popen(
-            command, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=cwd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs.append((name, proc))
         return proc
 
     def stop(self) -> None:
+        # SIGINT first: `driftloop serve` shuts Ray and HAProxy down in its `finally`.
         for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                # SIGINT: `driftloop serve` shuts Ray and HAProxy down in its `finally`.
-                proc.send_signal(signal.SIGINT)
+            _signal_group(proc.pid, signal.SIGINT)
         for _name, proc in reversed(self.procs):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            for ending in (signal.SIGTERM, signal.SIGKILL):
+                if not _signal_group(proc.pid, 0):
+                    break
+                _signal_group(proc.pid, ending)
+                time.sleep(2)
+            proc.poll()
         self.procs.clear()
+
+
+def _signal_group(group: int, sig: int) -> bool:
+    """Send `sig` to a process group; False when no process of it is left."""
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def free_port(preferred: int) -> int:
