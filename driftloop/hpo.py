@@ -23,6 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from driftloop.data import TrainingSet
 from driftloop.settings import Settings
 from driftloop.training import (
+    DEFAULT_TRIALS,
     SEARCH_SPACE_VERSION,
     Folds,
     FoldScorer,
@@ -98,6 +99,8 @@ def run_search(
         )
         parent_id = parent.info.run_id
         study.set_user_attr(PARENT_RUN_ATTR, parent_id)
+    for params in DEFAULT_TRIALS:  # once per study, whichever worker comes first
+        study.enqueue_trial(params, skip_if_exists=True)
     x, y = training.xy(training.train)
     local_folds = Folds(training.schema, x, y, settings.cv_folds, settings.seed)
     finished_before = _count(study, *_FINISHED)

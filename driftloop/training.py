@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from driftloop.schema import DatasetSchema
 
 # Bump when a search space or pipeline changes: it is part of every study's name and lineage.
-SEARCH_SPACE_VERSION = "1"
+SEARCH_SPACE_VERSION = "2"
 
 SEARCH_SPACE: dict[str, dict[str, str]] = {
     "hist_gradient_boosting": {
@@ -37,6 +37,21 @@ SEARCH_SPACE: dict[str, dict[str, str]] = {
     },
     "logistic_regression": {"C": "log-uniform [1e-3, 100]"},
 }
+
+# Every search first tries each family at scikit-learn's defaults (within the space): with a
+# small budget, TPE's random start-up trials can all land in one family (a demo run's six
+# trials were all logistic regression, 0.80 against 0.90 for boosting).
+DEFAULT_TRIALS: list[dict[str, Any]] = [
+    {
+        "family": "hist_gradient_boosting",
+        "learning_rate": 0.1,
+        "max_iter": 100,
+        "max_leaf_nodes": 31,
+        "min_samples_leaf": 20,
+        "l2_regularization": 1e-6,
+    },
+    {"family": "logistic_regression", "C": 1.0},
+]
 
 # The types a registered pipeline may contain; skops refuses anything else on load.
 TRUSTED_TYPES = [

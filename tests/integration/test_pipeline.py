@@ -61,6 +61,11 @@ def test_first_run_registers_a_champion_with_lineage(trained_home: Settings) -> 
     )
     assert len(children) == 4  # DRIFTLOOP_N_TRIALS in the test environment
     assert {c.data.tags["optuna.state"] for c in children} <= {"COMPLETE", "PRUNED"}
+    # Each family's defaults run first, whatever TPE's random start would have picked.
+    assert {c.data.params["family"] for c in children} == {
+        "hist_gradient_boosting",
+        "logistic_regression",
+    }
     assert client.get_run(champion.run_id).data.metrics["holdout_accuracy"] > 0.7
 
 
