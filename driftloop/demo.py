@@ -170,9 +170,11 @@ class Children:
         return proc
 
     def stop(self) -> None:
-        # SIGINT first: `driftloop serve` shuts Ray and HAProxy down in its `finally`.
+        # SIGINT to each server first: `driftloop serve` shuts Ray and HAProxy down in its
+        # `finally`, `dagster dev` its webserver and daemon; the group only for what is left.
         for _name, proc in reversed(self.procs):
-            _signal_group(proc.pid, signal.SIGINT)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
         for _name, proc in reversed(self.procs):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=40)
@@ -183,6 +185,10 @@ class Children:
                 time.sleep(2)
             proc.poll()
         self.procs.clear()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _signal_group(group: int, sig: int) -> bool:
@@ -539,6 +545,10 @@ def run_demo(
     settings = Settings(home=home)
     bin_dir = Path(sys.executable).parent
     children = Children(logs, env)
+    if threading.current_thread() is threading.main_thread():
+        # The servers run in sessions of their own, out of reach of a signal to ours: a
+        # SIGTERM (a CI cancel, `kill`) must still reach the `finally` that stops them.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     state = LoopState(started=time.monotonic())
     out(f"demo home {home} (logs in {logs})")
     try:

@@ -99,8 +99,9 @@ def run_search(
         )
         parent_id = parent.info.run_id
         study.set_user_attr(PARENT_RUN_ATTR, parent_id)
-    for params in DEFAULT_TRIALS:  # once per study, whichever worker comes first
-        study.enqueue_trial(params, skip_if_exists=True)
+    if settings.hpo_worker == 0:  # one writer: the check-then-insert is not atomic
+        for params in DEFAULT_TRIALS:
+            study.enqueue_trial(params, skip_if_exists=True)
     x, y = training.xy(training.train)
     local_folds = Folds(training.schema, x, y, settings.cv_folds, settings.seed)
     finished_before = _count(study, *_FINISHED)

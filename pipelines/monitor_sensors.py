@@ -158,13 +158,15 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         description="Retrains when the champion's live accuracy drops at a detected change.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
-        cursor = json.loads(context.cursor or "{}")
+        raw = json.loads(context.cursor or "{}")
+        # An asset sensor of the same name (driftloop before 2026-11-23) kept a bare id.
+        cursor = raw if isinstance(raw, dict) else {"seen": int(raw)}
         newest = context.instance.fetch_materializations(
             dg.AssetKey("live_model_quality"), limit=1
         ).records
         if newest and newest[0].storage_id > cursor.get("seen", -1):
             cursor["seen"] = newest[0].storage_id
-            drop = _quality_drop(newest[0])
+            drop = _quality_drop(newest[0])  # noticed: when the monitor named it
             if drop is not None:
                 cursor["pending"] = drop
         pending = cursor.get("pending")
@@ -174,8 +176,9 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
             )
         blocked = _why_not_now(context.instance, settings, pending["reason"], pending["since"])
         if blocked is not None:
-            if blocked[0] == "cooldown":  # a monitor retrain already answered this episode
-                del cursor["pending"]
+            last = last_monitor_retrain(context.instance)
+            if blocked[0] == "cooldown" and last is not None and last >= pending["noticed"]:
+                del cursor["pending"]  # a monitor retrain started since: it answered this drop
             return dg.SensorResult(skip_reason=blocked[1], cursor=json.dumps(cursor))
         del cursor["pending"]
         request = _retrain_request("quality", pending["reason"], pending["key"], pending["since"])
@@ -192,6 +195,7 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         return {
             "reason": f"quality drop {float(drop.value):.3f} at labelled sample {change}",
             "since": float(at.value) if at is not None else None,
+            "noticed": record.timestamp,
             "key": f"quality-{record.run_id}",
         }
 

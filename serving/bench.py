@@ -125,7 +125,7 @@ def _wrk(url: str, body: dict, concurrency: int, seconds: float) -> Load:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = {json.dumps(json.dumps(body))}\n"
+            f"wrk.body = [==[{json.dumps(body, ensure_ascii=False)}]==]\n"  # Lua long string
         )
     try:
         duration = f"-d{max(1, round(seconds))}s"

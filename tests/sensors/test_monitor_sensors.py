@@ -170,6 +170,9 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
         assert materialization.metadata["quality_drop"].value > 0.1
         (request,) = evaluate(quality_sensor(settings), instance).run_requests
         assert request.tags[TRIGGER_TAG] == "quality"
+        # The cursor an asset sensor of the same name left (a bare event id) still works.
+        (again,) = evaluate(quality_sensor(settings), instance, cursor="0").run_requests
+        assert again.run_key == request.run_key
         accuracy = materialization.metadata[
             f"accuracy/v{materialization.metadata['champion_version'].value}"
         ]
