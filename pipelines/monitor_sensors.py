@@ -57,10 +57,12 @@ def last_calm_verdict(
 
 
 def _why_not_now(
-    instance: dg.DagsterInstance, settings: Settings, reason: str, train_since: float | None
+    last: float | None, settings: Settings, reason: str, train_since: float | None
 ) -> tuple[str, str] | None:
-    """None when a retrain may start now; else ("cooldown" | "waiting", the skip message)."""
-    last = last_monitor_retrain(instance)
+    """None when a retrain may start now; else ("cooldown" | "waiting", the skip message).
+
+    `last` is `last_monitor_retrain`: the caller may need it too.
+    """
     if last is not None and time.time() - last < settings.retrain_cooldown_s:
         wait = settings.retrain_cooldown_s - (time.time() - last)
         return "cooldown", f"{reason}, but in cooldown for {wait:.0f}s more"
@@ -133,7 +135,7 @@ def drift_sensor(settings: Settings) -> dg.SensorDefinition:
         # verdict, somewhere in the window this one judged.
         calm = last_calm_verdict(context.instance, asset_event.timestamp, settings)
         since = calm if calm is not None else asset_event.timestamp - settings.monitor_window_s
-        blocked = _why_not_now(context.instance, settings, reason, since)
+        blocked = _why_not_now(last_monitor_retrain(context.instance), settings, reason, since)
         if blocked is not None:  # drift persists: the next verdict asks again
             return dg.SensorResult(skip_reason=blocked[1])
         request = _retrain_request("drift", reason, f"drift-{asset_event.run_id}", since)
@@ -174,9 +176,9 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
             return dg.SensorResult(
                 skip_reason="no quality drop beyond the threshold", cursor=json.dumps(cursor)
             )
-        blocked = _why_not_now(context.instance, settings, pending["reason"], pending["since"])
+        last = last_monitor_retrain(context.instance)
+        blocked = _why_not_now(last, settings, pending["reason"], pending["since"])
         if blocked is not None:
-            last = last_monitor_retrain(context.instance)
             if blocked[0] == "cooldown" and last is not None and last >= pending["noticed"]:
                 del cursor["pending"]  # a monitor retrain started since: it answered this drop
             return dg.SensorResult(skip_reason=blocked[1], cursor=json.dumps(cursor))
