@@ -148,15 +148,23 @@ def run_search(
     started = time.perf_counter()
     if remaining > 0:
         parallel = min(settings.hpo_parallel, remaining)
+        # Queued trials one at a time: two Optuna threads can claim the same queued trial
+        # (seen in CI: "Cannot tell a COMPLETE trial"), then the rest in parallel.
+        queued = min(_count(study, optuna.trial.TrialState.WAITING), remaining)
+        deadline = None if settings.hpo_timeout_s is None else started + settings.hpo_timeout_s
         with fold_scorer(local_folds, parallel, settings.train_threads) as folds:
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=settings.hpo_timeout_s,
-                n_jobs=parallel,
-                callbacks=[announce],
-                catch=(ValueError,),
-            )
+            for jobs, count in ((1, queued), (parallel, remaining - queued)):
+                if count > 0:
+                    study.optimize(
+                        objective,
+                        n_trials=count,
+                        timeout=None
+                        if deadline is None
+                        else max(0.0, deadline - time.perf_counter()),
+                        n_jobs=jobs,
+                        callbacks=[announce],
+                        catch=(ValueError,),
+                    )
     seconds = time.perf_counter() - started
     if _count(study, optuna.trial.TrialState.COMPLETE) == 0:
         raise RuntimeError(f"study {name} has no complete trial; see the trial runs' errors")
