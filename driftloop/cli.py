@@ -417,6 +417,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     try:
         url = launch.start(settings, serve_args, haproxy=not args.no_haproxy)
+        # `kill`, systemd and Kubernetes stop with SIGTERM: it must reach the `finally`
+        # too, or Ray's agents outlive the server. Set after Ray, which installs its own.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         print(f"serving @champion of {settings.model_name!r} at {url}")
         print(f"  POST {url}/v1/models/{settings.model_name}:predict   docs: {url}/docs")
         print("Ctrl-C stops it.")

@@ -614,6 +614,10 @@ def build_app(args: ServeArgs) -> Application:
         num_replicas=args.num_replicas or settings.serve_replicas,
         max_ongoing_requests=args.max_ongoing_requests,
         user_config=args.routing(settings).model_dump(),
+        # Serve's access log buffers a record per request and flushes 1,000 at a time in the
+        # event loop: ~10 ms stalls that made the idle p99 ~19 ms for a trivial route. Every
+        # request is counted in our metrics and every prediction is in the prediction log.
+        logging_config={"enable_access_log": False},
         ray_actor_options={
             "num_cpus": args.replica_cpus,
             "runtime_env": {"env_vars": {**PINNED_THREADS, **MLFLOW_FAST_FAIL}},
