@@ -342,7 +342,7 @@ def bench_ours(settings: Settings, instance: dict, seconds: float, replicas: int
         results["ours"] = {
             **asdict(load(url, path, one, CONCURRENCY, seconds)),
             "config": f"{replicas} replica(s), HAProxy + direct ingress, adaptive @serve.batch, "
-            "OMP_NUM_THREADS=1",
+            "Serve access log off, OMP_NUM_THREADS=1",
             "generator": generator(),
         }
         light = load(url, path, one, 1, seconds)
