@@ -72,6 +72,10 @@ PINNED_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_
 # A replica must not hang in MLflow's HTTP retries when the server is down: fail fast and
 # keep serving what it has.
 MLFLOW_FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+# Serve's throughput mode buffers a replica's log records and writes them 1,000 at a time
+# (or on an ERROR); with the access log off (see `build_app`) our own rare lines, such as a
+# swap, would sit in memory for hours.
+UNBUFFERED_LOG = {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
 
 
 class ServeArgs(BaseModel):
@@ -615,11 +619,12 @@ def build_app(args: ServeArgs) -> Application:
         max_ongoing_requests=args.max_ongoing_requests,
         user_config=args.routing(settings).model_dump(),
         # Serve's access log buffers a record per request and flushes 1,000 at a time in the
-        # event loop: ~10 ms stalls that made the idle p99 ~19 ms for a trivial route. Every
-        # request is counted in our metrics and every prediction is in the prediction log.
+        # event loop: ~10 ms stalls that made the idle p99 ~19 ms for a trivial route (on a
+        # cluster too). Every request is counted in our metrics and every prediction is in
+        # the prediction log.
         logging_config={"enable_access_log": False},
         ray_actor_options={
             "num_cpus": args.replica_cpus,
-            "runtime_env": {"env_vars": {**PINNED_THREADS, **MLFLOW_FAST_FAIL}},
+            "runtime_env": {"env_vars": {**PINNED_THREADS, **MLFLOW_FAST_FAIL, **UNBUFFERED_LOG}},
         },
     ).bind(args)

@@ -334,9 +334,9 @@ def bench_ours(settings: Settings, instance: dict, seconds: float, replicas: int
     os.environ.setdefault("DRIFTLOOP_ADMIN_API_KEY", "bench-" + os.urandom(8).hex())
     key = os.environ["DRIFTLOOP_ADMIN_API_KEY"]
     args = ServeArgs(home=str(settings.home), num_replicas=replicas)
-    url = launch.start(settings, args)
     results: dict[str, Any] = {}
     try:
+        url = launch.start(settings, args)
         one = {"instances": [instance]}
         load(url, path, one, CONCURRENCY, min(seconds, 3))
         results["ours"] = {

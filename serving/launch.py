@@ -7,7 +7,11 @@ find and end exactly the HAProxy processes this home started, should Ray leave o
 
 The local Ray node is started without the autoscaler monitor and the log monitor, which
 `ray.init` always starts: a fixed single node needs neither, the driver does not print
-worker logs, and the two Python daemons are ~170 MB of the serving RSS.
+worker logs, and the two Python daemons are ~170 MB of the serving RSS. `ray.init` takes no
+parameter for them, so the node is built the way `ray.init` builds it, from Ray's own node
+parameters (`ray._private`, pinned with Ray in pyproject.toml). Unlike `ray start` or
+`ray.cluster_utils.Cluster`, this does not publish the node as the machine's current
+cluster, so no other `ray.init()` on the machine attaches to it.
 """
 
 from __future__ import annotations
@@ -26,17 +30,18 @@ from driftloop.settings import Settings
 from serving.app import ServeArgs, build_app
 
 if TYPE_CHECKING:
-    from ray.cluster_utils import Cluster
+    from ray._private.node import Node
 
 APP_NAME = "driftloop"
 # Ray's default (30 s) is for a load balancer on another machine to deregister a stopping
-# replica; the local HAProxy reloads within a second, and every stop waited the full 30 s.
-LOCAL_DRAINING_PERIOD_S = "3"
+# replica; the local HAProxy reloads within a second (10 s still covers a keep-alive client
+# of the HAProxy process being replaced), and every stop waited the full 30 s.
+LOCAL_DRAINING_PERIOD_S = "10"
 # Requests reach the replicas over HTTP, not through the object store; Ray's default
 # reserves 30% of RAM for it.
 OBJECT_STORE_BYTES = 256 * 2**20
 
-_node: Cluster | None = None
+_node: Node | None = None
 
 
 def haproxy_dir(settings: Settings) -> Path:
@@ -92,7 +97,8 @@ def start(
     global _node
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
 
     env = serve_env(settings, haproxy)
     os.environ.update(env)
@@ -100,16 +106,14 @@ def start(
     if not ray.is_initialized():
         # A node of our own (never another process's cluster on this machine), whose
         # processes end with this one.
-        _node = Cluster(
-            initialize_head=True,
-            head_node_args={
-                "num_cpus": num_cpus or os.cpu_count() or 1,
-                "include_dashboard": False,
-                "include_log_monitor": False,
-                "no_monitor": True,
-                "object_store_memory": OBJECT_STORE_BYTES,
-            },
+        params = RayParams(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            include_log_monitor=False,
+            no_monitor=True,
+            object_store_memory=OBJECT_STORE_BYTES,
         )
+        _node = Node(params, head=True, shutdown_at_exit=True, spawn_reaper=True)
         ray.init(address=_node.address, runtime_env={"env_vars": env}, log_to_driver=False)
     serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
@@ -117,17 +121,31 @@ def start(
 
 
 def stop(settings: Settings) -> None:
-    """Shut Serve and Ray down, then end any HAProxy process of this home still running."""
+    """Shut Serve and Ray down, then end any HAProxy process of this home still running.
+
+    Each step runs even if the one before it failed: a half-stopped Ray must not keep the
+    port or leave HAProxy behind.
+    """
     global _node
     import ray
     from ray import serve
 
-    if ray.is_initialized():
-        serve.shutdown()
-        ray.shutdown()
-    if _node is not None:
-        _node.shutdown()
-        _node = None
+    node, _node = _node, None
+    try:
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+    finally:
+        try:
+            if node is not None:
+                node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+        finally:
+            _end_haproxy(settings)
+
+
+def _end_haproxy(settings: Settings) -> None:
     for pid in haproxy_pids(settings):
         try:
             os.kill(pid, signal.SIGTERM)
