@@ -417,8 +417,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     try:
         url = launch.start(settings, serve_args, haproxy=not args.no_haproxy)
-        # `kill`, systemd and Kubernetes stop with SIGTERM: it must reach the `finally`
-        # too, or Ray's agents outlive the server. Set after Ray, which installs its own.
+        # `kill`, systemd and Kubernetes stop with SIGTERM: it takes the same way out as
+        # Ctrl-C, through the `finally`. Set after Ray, which installs a handler of its own.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         print(f"serving @champion of {settings.model_name!r} at {url}")
         print(f"  POST {url}/v1/models/{settings.model_name}:predict   docs: {url}/docs")

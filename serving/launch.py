@@ -16,6 +16,7 @@ cluster, so no other `ray.init()` on the machine attaches to it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -131,18 +132,15 @@ def stop(settings: Settings) -> None:
     from ray import serve
 
     node, _node = _node, None
-    try:
+    with contextlib.ExitStack() as later:  # callbacks run last-in first-out, each regardless
+        later.callback(_end_haproxy, settings)
+        if node is not None:
+            later.callback(
+                node.kill_all_processes, check_alive=False, allow_graceful=True, wait=True
+            )
         if ray.is_initialized():
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-    finally:
-        try:
-            if node is not None:
-                node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
-        finally:
-            _end_haproxy(settings)
+            later.callback(ray.shutdown)
+            serve.shutdown()
 
 
 def _end_haproxy(settings: Settings) -> None:
