@@ -36,8 +36,11 @@ def monitored(tmp_path_factory: pytest.TempPathFactory):
         yield settings
 
 
-def write_log(settings: Settings, plan: DriftPlan, rows: int, name: str) -> None:
-    """Serving-log files as the serving app writes them: predictions, then feedback."""
+def replace_log(settings: Settings, plan: DriftPlan, rows: int, name: str) -> None:
+    """The serving log holds only these rows, in files as the serving app writes them."""
+    for log in (settings.prediction_log, settings.feedback_log):
+        for path in log.local_path.glob("*.parquet"):
+            path.unlink()
     frame = LoanStream(seed=11, plan=plan).take_frame(rows, "label")
     registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
     champion = registry.by_alias(CHAMPION)
@@ -72,18 +75,11 @@ def evaluate(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, cursor=N
     return sensor.evaluate_tick(context)
 
 
-def clear_logs(settings: Settings) -> None:
-    for log in (settings.prediction_log, settings.feedback_log):
-        for path in log.local_path.glob("*.parquet"):
-            path.unlink()
-
-
 def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) -> None:
     settings = monitored.model_copy(update={"retrain_min_rows": 250})
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
-        clear_logs(settings)
-        write_log(settings, DriftPlan(), 1000, "calm")
+        replace_log(settings, DriftPlan(), 1000, "calm")
         run_monitors(settings, instance)
         calm = evaluate(drift_sensor(settings), instance)
         assert calm.run_requests == [] and "below" in calm.skip_message
@@ -91,8 +87,7 @@ def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) 
             dg.AssetKey("feature_drift_report")
         ).timestamp
 
-        clear_logs(settings)
-        write_log(settings, DriftPlan(covariate_shift_at=0), 1000, "shifted")
+        replace_log(settings, DriftPlan(covariate_shift_at=0), 1000, "shifted")
         run_monitors(settings, instance)
         waiting = evaluate(drift_sensor(settings), instance, calm.cursor)
         assert waiting.run_requests == []
@@ -132,8 +127,7 @@ def test_monitors_export_gauges_to_the_pushgateway(monitored: Settings, monkeypa
         settings = load_settings()
         prepare_dagster_home(settings)
         with dg.DagsterInstance.get() as instance:
-            clear_logs(settings)
-            write_log(settings, DriftPlan(covariate_shift_at=0), 1000, "gauges")
+            replace_log(settings, DriftPlan(covariate_shift_at=0), 1000, "gauges")
             run_monitors(settings, instance)
             drift, quality = (
                 instance.get_latest_materialization_event(
@@ -159,8 +153,7 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
     settings = load_settings()
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
-        clear_logs(settings)
-        write_log(settings, DriftPlan(concept_drift_at=1500, drift_function=1), 3000, "concept")
+        replace_log(settings, DriftPlan(concept_drift_at=1500, drift_function=1), 3000, "concept")
         run_monitors(settings, instance)
         materialization = instance.get_latest_materialization_event(
             dg.AssetKey("live_model_quality")
@@ -186,8 +179,7 @@ def test_a_quality_drop_stays_pending_until_its_rows_have_landed(
     settings = load_settings()
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
-        clear_logs(settings)
-        write_log(settings, DriftPlan(concept_drift_at=1500, drift_function=1), 3000, "dropped")
+        replace_log(settings, DriftPlan(concept_drift_at=1500, drift_function=1), 3000, "dropped")
         run_monitors(settings, instance)
         verdict = instance.get_latest_materialization_event(dg.AssetKey("live_model_quality"))
         change_at = verdict.asset_materialization.metadata["change_at_time"].value
@@ -202,8 +194,7 @@ def test_a_quality_drop_stays_pending_until_its_rows_have_landed(
         )
 
         # The monitor window moves past the change: the newest verdict names no drop.
-        clear_logs(settings)
-        write_log(settings, DriftPlan(), 1000, "later")
+        replace_log(settings, DriftPlan(), 1000, "later")
         run_monitors(settings, instance)
         later = instance.get_latest_materialization_event(dg.AssetKey("live_model_quality"))
         assert "quality_drop" not in later.asset_materialization.metadata
