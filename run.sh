@@ -20,6 +20,25 @@ ensure_venv() {
   fi
 }
 
+# The system packages the tests run for real: PostgreSQL (scale-out stores), promtool (the
+# alert rules), the Pushgateway (monitoring gauges) and wrk (the serving benchmark).
+ensure_test_packages() {
+  local need=()
+  command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+  command -v promtool >/dev/null || need+=(prometheus)
+  command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
+  command -v wrk >/dev/null || need+=(wrk)
+  [ ${#need[@]} -eq 0 ] && return
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "the tests need these Debian packages; install them as root (apt-get install ${need[*]}) and run again" >&2
+    exit 1
+  fi
+  echo "installing system packages for the tests: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
 command=${1:-}
 shift || true
 case "$command" in
@@ -28,6 +47,7 @@ case "$command" in
     exec .venv/bin/driftloop demo --quick "$@"
     ;;
   test)
+    ensure_test_packages
     ensure_venv
     .venv/bin/ruff check .
     exec .venv/bin/pytest "$@"

@@ -3,6 +3,10 @@
 Each materialisation is one audited decision. The canary's state (current weight, when
 the step started) is kept as tags on the challenger's model version, so the registry
 alone says where a canary stands and any run can pick it up.
+
+One canary at a time: a version that passes the gate while another's canary runs stays
+`@candidate` (queued) and takes `@challenger` in the same alias move that ends the running
+canary, promoted or rolled back; its own canary then starts from weight 0.
 """
 
 import time
@@ -11,10 +15,13 @@ from datetime import UTC, datetime
 import dagster as dg
 import numpy as np
 
+from assets.registry import ALIAS_POOL
 from driftloop.alerts import notify
-from driftloop.canary import CanaryPolicy, analyse, next_weight
-from driftloop.monitoring import join_feedback, read_log
-from driftloop.registry import CHALLENGER, CHAMPION, Registry
+from driftloop.canary import Arm, CanaryDecision, CanaryPolicy, analyse, next_weight, one_hot
+from driftloop.metrics import Metric, metric_named
+from driftloop.monitoring import join_feedback, probability_matrix, read_log
+from driftloop.registry import CHALLENGER, CHAMPION, AliasConflict, Registry
+from driftloop.schema import load_schema
 from driftloop.serving_client import ServingAdmin
 from driftloop.settings import Settings
 from pipelines.resources import DriftloopResource
@@ -36,29 +43,75 @@ def policy_of(settings: Settings) -> CanaryPolicy:
     )
 
 
-def arm_outcomes(
-    settings: Settings, since: float, route: str, version: str
-) -> tuple[np.ndarray, float]:
-    """Correctness (1/0) of one arm's labelled predictions since `since`, and its p99 latency."""
+def arm_evidence(
+    settings: Settings, since: float, route: str, version: str, classes: list[str]
+) -> tuple[Arm, bool, float]:
+    """One arm's labelled predictions since `since`, whether the log gave every one's class
+    probabilities (else the arm carries its decisions, enough for accuracy only), and the
+    arm's p99 latency."""
     start, window = datetime.fromtimestamp(since, UTC), settings.prediction_log_window_s
     predictions = read_log(settings.prediction_log, start, window)
     if predictions.empty:
-        return np.array([]), 0.0
+        return Arm([], np.empty((0, len(classes)))), True, 0.0
+    # Join on all traffic, then pick the arm: a label by business id belongs to the latest
+    # prediction for that id, which may have been the other arm's.
+    joined = join_feedback(predictions, read_log(settings.feedback_log, start, window))
+    in_arm = (joined["route"] == route) & (joined["model_version"] == version)
+    joined = joined[in_arm]
     arm = predictions[(predictions["route"] == route) & (predictions["model_version"] == version)]
-    joined = join_feedback(arm, read_log(settings.feedback_log, start, window))  # labels follow
-    outcomes = (joined["prediction"].astype(str) == joined["label"].astype(str)).to_numpy(float)
+    # A label outside the schema's classes cannot be scored (and ingest would refuse it).
+    joined = joined[joined["label"].astype(str).isin(classes)]
+    probabilities = probability_matrix(joined, classes)
+    logged = bool(np.isfinite(probabilities).all())
+    if not logged:  # files written before the log had probabilities
+        probabilities = one_hot(joined["prediction"].astype(str).tolist(), classes)
     p99 = float(np.percentile(arm["latency_ms"], 99)) if len(arm) else 0.0
-    return outcomes, p99
+    return Arm(joined["label"].astype(str).tolist(), probabilities), logged, p99
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow", "scipy"}, code_version="1")
+def evidence_numbers(
+    decision: CanaryDecision, ours: Arm, theirs: Arm, classes: list[str]
+) -> dict[str, float]:
+    """The decision's numbers for metadata and tags: the score of each arm named by its
+    metric (`challenger_roc_auc`), and accuracy beside it."""
+    named = {
+        "difference": decision.difference,
+        "ci_low": decision.ci_low,
+        "ci_high": decision.ci_high,
+        "p_value": decision.p_value,
+        "effect_size": decision.effect_size,
+        f"challenger_{decision.metric}": decision.challenger_score,
+        f"champion_{decision.metric}": decision.champion_score,
+    }
+    accuracy = metric_named("accuracy")
+    for side, arm in (("challenger", ours), ("champion", theirs)):
+        if len(arm):
+            named.setdefault(
+                f"{side}_accuracy", accuracy.score(arm.labels, arm.probabilities, classes)
+            )
+    return {k: v for k, v in named.items() if v is not None}
+
+
+def evidence_metric(primary: Metric, probabilities_logged: bool) -> Metric:
+    """The primary metric, or accuracy when some outcomes lack their probabilities: served
+    decisions alone score nothing else, and both arms must be judged alike."""
+    return primary if probabilities_logged else metric_named("accuracy")
+
+
+@dg.asset(group_name=GROUP, kinds={"mlflow", "scipy"}, code_version="3", pool=ALIAS_POOL)
 def canary_decision(
     context: dg.AssetExecutionContext, driftloop: DriftloopResource
 ) -> dg.MaterializeResult:
     """One canary step: start, wait, advance the challenger's traffic share, promote it
-    after the last step, or roll it back (weight 0, `@challenger` removed, reason kept)."""
+    after the last step, or roll it back (weight 0, `@challenger` removed, reason kept),
+    judged by the schema's primary metric on each arm's labelled live predictions. Alias
+    moves are compare-and-set on the versions judged: a challenger or champion replaced
+    meanwhile (`driftloop promote`, the admin API) is left alone. With no canary running,
+    a queued `@candidate` takes `@challenger` and starts."""
     settings = driftloop.settings()
     registry = driftloop.registry()
+    if registry.by_alias(CHALLENGER) is None:
+        registry.start_queued()
     challenger, champion = registry.by_alias(CHALLENGER), registry.by_alias(CHAMPION)
     if challenger is None or champion is None:
         return dg.MaterializeResult(metadata={"verdict": "idle", "reason": "no canary to run"})
@@ -71,29 +124,32 @@ def canary_decision(
         )
 
     started = float(challenger.tags[TAG_STEP_STARTED])
-    ours, p99 = arm_outcomes(settings, started, "challenger", challenger.version)
-    theirs, _ = arm_outcomes(settings, started, "champion", champion.version)
-    decision = analyse(ours, theirs, policy, challenger_p99_ms=p99)
+    schema = load_schema(settings.schema_path)
+    if schema is None:
+        raise dg.Failure(f"no schema at {settings.schema_path}: nothing was ever ingested")
+    classes = [str(c) for c in schema.labels]
+    ours, ours_logged, p99 = arm_evidence(
+        settings, started, "challenger", challenger.version, classes
+    )
+    theirs, theirs_logged, _ = arm_evidence(
+        settings, started, "champion", champion.version, classes
+    )
+    metric = evidence_metric(metric_named(schema.metric), ours_logged and theirs_logged)
+    if metric.name != schema.metric:
+        context.log.warning(
+            f"judging by {metric.name}, not {schema.metric}: some logged predictions have "
+            "no class probabilities (written before the log had them)"
+        )
+    decision = analyse(ours, theirs, policy, metric, classes, challenger_p99_ms=p99)
     numbers = {
         "challenger_version": challenger.version,
         "champion_version": champion.version,
         "weight": weight,
+        "metric": decision.metric,
         "challenger_n": decision.challenger_n,
         "champion_n": decision.champion_n,
         "challenger_p99_ms": p99,
-        **{
-            k: v
-            for k, v in {
-                "difference": decision.difference,
-                "ci_low": decision.ci_low,
-                "ci_high": decision.ci_high,
-                "p_value": decision.p_value,
-                "effect_size": decision.effect_size,
-                "challenger_accuracy": decision.challenger_mean,
-                "champion_accuracy": decision.champion_mean,
-            }.items()
-            if v is not None
-        },
+        **evidence_numbers(decision, ours, theirs, classes),
     }
     audit = {f"driftloop.canary.{k}": str(v) for k, v in numbers.items()}
     if decision.verdict == "wait":
@@ -108,7 +164,7 @@ def canary_decision(
         registry.set_tags(
             challenger.version, {**audit, TAG_VERDICT: f"rolled back: {decision.reason}"}
         )
-        registry.delete_alias(CHALLENGER)
+        registry.end_canary(challenger.version, promoted=False)
         admin.reload()
         notify("rollback", f"v{challenger.version} rolled back: {decision.reason}", numbers)
         context.log.warning(f"v{challenger.version} rolled back: {decision.reason}")
@@ -121,10 +177,17 @@ def canary_decision(
         return _move(
             context, registry, admin, challenger.version, following, "advance", decision.reason
         )
-    # The step to 100 % is the promotion: serving swaps to the new champion by alias.
-    registry.promote(challenger.version)
-    registry.set_tags(challenger.version, {TAG_VERDICT: f"promoted: {decision.reason}"})
+    # The step to 100 % is the promotion: serving swaps to the new champion by alias. The
+    # weight goes to 0 first, so a queued version taking `@challenger` in the same move
+    # starts its own canary from nothing instead of inheriting this one's share.
     admin.set_routing(canary_weight=0.0)
+    try:
+        registry.end_canary(challenger.version, promoted=True, expected_champion=champion.version)
+    except AliasConflict as error:
+        context.log.warning(str(error))
+        admin.reload()
+        return dg.MaterializeResult(metadata={"verdict": "superseded", "reason": str(error)})
+    registry.set_tags(challenger.version, {TAG_VERDICT: f"promoted: {decision.reason}"})
     admin.reload()
     notify("promotion", f"v{challenger.version} promoted: {decision.reason}", numbers)
     return dg.MaterializeResult(

@@ -43,6 +43,7 @@ def landed_batch(
     return dg.MaterializeResult(
         metadata={
             "status": "accepted" if outcome.accepted else "quarantined",
+            "file": outcome.file,
             "rows": outcome.rows,
             "location": dg.MetadataValue.path(str(outcome.location)),
             "label_counts": dg.MetadataValue.json(outcome.label_counts),

@@ -1,4 +1,5 @@
-"""Monitoring: feature drift of live traffic and live quality per model version.
+"""Monitoring: feature drift and null share of live traffic, and live quality per model
+version.
 
 Both read the serving prediction/feedback log (Parquet files in a folder or S3 prefix) as a
 source and publish their numbers as metadata, so the Dagster UI plots them over time; the
@@ -13,45 +14,77 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import mlflow
 
-from driftloop.data import TrainingSet
-from driftloop.monitoring import error_changes, feature_drift, join_feedback, live_quality, read_log
-from driftloop.pushgateway import push_drift_share, push_live_accuracy
+from driftloop.data import BatchStore, TrainingSet
+from driftloop.metrics import metric_named
+from driftloop.monitoring import (
+    error_changes,
+    feature_drift,
+    join_labels,
+    landed_labels,
+    live_quality,
+    model_frame,
+    null_shares,
+    quality_drop,
+    read_log,
+)
+from driftloop.pushgateway import push_feature_drift, push_live_quality
 from driftloop.registry import CHAMPION
+from driftloop.schema import load_schema
 from pipelines.resources import DriftloopResource
 
 GROUP = "monitoring"
 REFERENCE_ROWS = 5_000  # enough for stable drift tests, cheap for Evidently
 
 
-@dg.asset(group_name=GROUP, kinds={"evidently", "mlflow"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"evidently", "mlflow"}, code_version="2")
 def feature_drift_report(
     context: dg.AssetExecutionContext,
     driftloop: DriftloopResource,
     training_dataset: TrainingSet,
 ) -> dg.MaterializeResult:
-    """Evidently's DataDriftPreset of the recent served traffic against the training rows:
-    per-feature scores, the share of drifted features, and the HTML report (an MLflow
-    artifact of the champion's run, linked here)."""
+    """Evidently's DataDriftPreset of the recent served traffic against the training rows
+    (per-feature scores, the share of drifted features, the HTML report as an MLflow
+    artifact of the champion's run, linked here), and the null share per feature beside
+    training's: a jump beyond `null_share_tolerance` is named on its own, since Evidently
+    leaves nulls out of its tests."""
     settings = driftloop.settings()
+    schema = training_dataset.schema
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
     traffic = read_log(settings.prediction_log, since, settings.prediction_log_window_s)
-    columns = training_dataset.schema.feature_names
+    columns = schema.feature_names
     if len(traffic) < settings.monitor_min_rows:
         context.log.info(f"{len(traffic)} recent predictions; need {settings.monitor_min_rows}")
-        # Not judged is unknown, not calm: NaN ends a drift alert that an old value would hold.
-        export(context, settings.pushgateway_url, lambda url: push_drift_share(url, math.nan))
+        # Not judged is unknown, not calm: NaN ends an alert that an old value would hold.
+        unknown = dict.fromkeys(columns, math.nan)
+        export(
+            context,
+            settings.pushgateway_url,
+            lambda url: push_feature_drift(url, math.nan, unknown),
+        )
         return dg.MaterializeResult(
             metadata={"rows_current": len(traffic), "judged": False, "share_drifted": 0.0}
         )
-    reference = training_dataset.train.sample(
-        min(REFERENCE_ROWS, len(training_dataset.train)), random_state=settings.seed
-    )
-    result = feature_drift(reference, traffic, columns)
+    text = [f.name for f in schema.features if f.dtype == "str"]
+    current = model_frame(traffic, columns, text)
+    train = model_frame(training_dataset.train, columns, text)
+    reference = train.sample(min(REFERENCE_ROWS, len(train)), random_state=settings.seed)
+    # bools are numeric to the model (1.0/0.0) but two levels: a categorical test fits them
+    categorical = [*schema.categorical, *(f.name for f in schema.features if f.dtype == "bool")]
+    numerical = [c for c in columns if c not in categorical]
+    result = feature_drift(reference, current, numerical, categorical)
+    nulls = null_shares(train, current, columns, settings.null_share_tolerance)
+    if nulls.jumps:
+        changes = ", ".join(
+            f"{c} {nulls.training[c]:.3f} -> {nulls.served[c]:.3f}" for c in nulls.jumps
+        )
+        context.log.warning(f"null share beyond training's + {nulls.tolerance}: {changes}")
     report = settings.logs / "drift" / f"drift-{datetime.now(UTC):%Y%m%dT%H%M%S}.html"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(result.html)
     export(
-        context, settings.pushgateway_url, lambda url: push_drift_share(url, result.share_drifted)
+        context,
+        settings.pushgateway_url,
+        lambda url: push_feature_drift(url, result.share_drifted, nulls.served),
     )
     champion = driftloop.registry().by_alias(CHAMPION)
     if champion is not None and champion.run_id:
@@ -64,58 +97,100 @@ def feature_drift_report(
             "share_drifted": result.share_drifted,
             "drift_confirmed": result.share_drifted >= settings.drift_share_threshold,
             "drifted_columns": dg.MetadataValue.json(result.drifted_columns),
+            "unjudged_columns": dg.MetadataValue.json(list(result.unjudged)),
+            "null_jump_columns": dg.MetadataValue.json(nulls.jumps),
             "rows_current": result.rows_current,
             "rows_reference": result.rows_reference,
             "report": dg.MetadataValue.path(str(report)),
             **{f"score/{c.column}": c.score for c in result.columns},
+            **{f"null_share/{c}": share for c, share in nulls.served.items()},
             "scores": dg.MetadataValue.md(
-                "| feature | method | score | threshold | drifted |\\n|---|---|---|---|---|\\n"
-                + "\\n".join(
+                "| feature | method | score | threshold | drifted |\n|---|---|---|---|---|\n"
+                + "\n".join(
                     f"| {c.column} | {c.method} | {c.score:.4f} | {c.threshold} | {c.drifted} |"
                     for c in result.columns
+                )
+            ),
+            "null_shares": dg.MetadataValue.md(
+                "| feature | training | served | jump |\n|---|---|---|---|\n"
+                + "\n".join(
+                    f"| {c} | {nulls.training[c]:.3f} | {nulls.served[c]:.3f} "
+                    f"| {c in nulls.jumps} |"
+                    for c in columns
                 )
             ),
         }
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"river"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"river"}, code_version="2")
 def live_model_quality(
     context: dg.AssetExecutionContext, driftloop: DriftloopResource
 ) -> dg.MaterializeResult:
-    """Accuracy and log-loss per served model version from predictions joined to their
-    later feedback, and the sample where ADWIN / Page-Hinkley saw the champion's errors rise."""
+    """The primary metric and accuracy per served model version, from predictions joined to
+    their later labels (feedback by request id or id, and labelled batches landed since by
+    id), and the sample where ADWIN / Page-Hinkley saw the champion's errors rise."""
     settings = driftloop.settings()
+    schema = load_schema(settings.schema_path)
+    if schema is None:  # nothing accepted yet, so nothing served to judge
+        return dg.MaterializeResult(metadata={"labelled": 0})
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
-    joined = join_feedback(
-        read_log(settings.prediction_log, since, settings.prediction_log_window_s),
-        read_log(settings.feedback_log, since, settings.prediction_log_window_s),
+    window = settings.prediction_log_window_s
+    join = join_labels(
+        read_log(settings.prediction_log, since, window),
+        {  # feedback first: it names the prediction it labels
+            "feedback": read_log(settings.feedback_log, since, window),
+            "batches": landed_labels(
+                BatchStore(settings.batches), schema.id_columns, schema.target, since.timestamp()
+            ),
+        },
     )
+    joined = join.rows
+    if join.unmatched:
+        context.log.info(f"{join.unmatched} labels matched no prediction served in the window")
+    metric, classes = metric_named(schema.metric), [str(label) for label in schema.labels]
     champion = driftloop.registry().by_alias(CHAMPION)
-    metadata: dict[str, object] = {"labelled": len(joined)}
-    qualities = live_quality(joined)
+    metadata: dict[str, object] = {
+        "labelled": len(joined),
+        "unmatched_labels": join.unmatched,
+        "metric": metric.name,
+        **{f"labelled/{s}": int(n) for s, n in joined["label_source"].value_counts().items()},
+    }
+    qualities = live_quality(joined, metric, classes)
     for quality in qualities:
         metadata[f"accuracy/v{quality.model_version}"] = quality.accuracy
-        metadata[f"log_loss/v{quality.model_version}"] = quality.log_loss
+        metadata[f"{metric.name}/v{quality.model_version}"] = quality.score
         metadata[f"count/v{quality.model_version}"] = quality.count
     accuracy = {q.model_version: q.accuracy for q in qualities}
-    export(context, settings.pushgateway_url, lambda url: push_live_accuracy(url, accuracy))
-    if champion is not None:
-        rows = joined[joined["model_version"] == champion.version]
+    score = {q.model_version: q.score for q in qualities}
+    export(
+        context,
+        settings.pushgateway_url,
+        lambda url: push_live_quality(url, metric.name, accuracy, score),
+    )
+    if champion is not None and not joined.empty:
+        rows = joined[joined["model_version"] == champion.version].reset_index(drop=True)
         errors = (rows["prediction"].astype(str) != rows["label"].astype(str)).to_numpy()
         changes = error_changes(errors.astype(int))
         metadata["champion_version"] = champion.version
         metadata["change_at_sample"] = changes.first if changes.first is not None else -1
         if changes.first is not None:
-            before = 1 - errors[: changes.first].mean() if changes.first else float("nan")
-            after = 1 - errors[changes.first :].mean()
-            metadata["accuracy_before_change"] = float(before)
-            metadata["accuracy_after_change"] = float(after)
-            metadata["quality_drop"] = float(before - after)
+            drop = quality_drop(rows, changes.first, metric, classes)
+            before, after = errors[: changes.first], errors[changes.first :]
+            metadata["accuracy_before_change"] = (
+                float(1 - before.mean()) if len(before) else math.nan
+            )
+            metadata["accuracy_after_change"] = float(1 - after.mean())
+            metadata[f"{drop.metric}_before_change"] = drop.before
+            metadata[f"{drop.metric}_after_change"] = drop.after
+            if math.isfinite(drop.drop):
+                metadata["quality_drop"] = drop.drop
+                metadata["quality_drop_metric"] = drop.metric
             metadata["change_at_time"] = float(rows["at"].iloc[changes.first].timestamp())
             context.log.warning(
                 f"champion v{champion.version} error rate changed at labelled sample "
-                f"{changes.first} (ADWIN {changes.adwin}, Page-Hinkley {changes.page_hinkley})"
+                f"{changes.first} (ADWIN {changes.adwin}, Page-Hinkley {changes.page_hinkley}); "
+                f"{drop.metric} {drop.before:.3f} -> {drop.after:.3f}"
             )
     return dg.MaterializeResult(metadata=metadata)
 

@@ -1,4 +1,8 @@
-"""Registry: the candidate version (`@challenger`) and the promotion gate."""
+"""Registry: the candidate version (`@candidate`) and the promotion gate.
+
+Both move aliases, as does `canary_decision`: they share the Dagster pool `ALIAS_POOL`
+(limit 1 in the instance's `dagster.yaml`), beside the registry's own lock.
+"""
 
 import dagster as dg
 
@@ -6,16 +10,18 @@ from assets.training import trigger_of
 from driftloop.candidate import Candidate, register_candidate
 from driftloop.data import TrainingSet
 from driftloop.hpo import SearchResult
+from driftloop.metrics import metric_named
 from driftloop.modelcard import holdout_slices, render_card
-from driftloop.promotion import GateDecision, apply, decide
+from driftloop.promotion import GateDecision, apply, decide, floor_of
 from driftloop.registry import CHAMPION
 from driftloop.training import TRUSTED_TYPES, evaluate
 from pipelines.resources import DriftloopResource
 
 GROUP = "registry"
+ALIAS_POOL = "driftloop_aliases"
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow", "scikitlearn"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"mlflow", "scikitlearn"}, code_version="2", pool=ALIAS_POOL)
 def candidate_model(
     context: dg.AssetExecutionContext,
     driftloop: DriftloopResource,
@@ -23,10 +29,16 @@ def candidate_model(
     hpo_study: SearchResult,
 ) -> dg.Output[Candidate]:
     """The best search point refit on all training rows and registered with signature,
-    lineage tags and the SHA-256 of its artifact, as `@challenger`. An identical lineage
-    (same data, search and seed) reuses its existing version instead of registering again."""
+    lineage tags and the SHA-256 of its artifact, as `@candidate`: no traffic reaches it
+    before the gate. An identical lineage (same data, search and seed) reuses its existing
+    version instead of registering again. An alias move a crash left half done is
+    completed first, so the gate judges against a consistent champion."""
+    registry = driftloop.registry()
+    repaired = registry.repair()
+    if repaired is not None:
+        context.log.warning(f"completed an interrupted alias move: now {repaired.after}")
     candidate = register_candidate(
-        training_dataset, hpo_study, driftloop.settings(), driftloop.registry(), trigger_of(context)
+        training_dataset, hpo_study, driftloop.settings(), registry, trigger_of(context)
     )
     verb = "registered" if candidate.newly_registered else "reused"
     context.log.info(f"{verb} version {candidate.version.version}")
@@ -42,7 +54,7 @@ def candidate_model(
     )
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="1")
+@dg.asset(group_name=GROUP, kinds={"mlflow"}, code_version="2", pool=ALIAS_POOL)
 def promotion_gate(
     context: dg.AssetExecutionContext,
     driftloop: DriftloopResource,
@@ -50,10 +62,14 @@ def promotion_gate(
     hpo_study: SearchResult,
     candidate_model: Candidate,
 ) -> dg.Output[GateDecision]:
-    """Challenger and champion scored on the same holdout and on the newest batch's
-    holdout rows; promotes (policy `auto`) or recommends (policy `manual`) by a margin."""
+    """Candidate and champion scored on the same holdout and on the newest batch's
+    holdout rows by every metric; when the primary metric (the schema's) gains the margin,
+    in its own direction, promotes (policy `auto`), recommends (policy `manual`: it stays
+    `@candidate`) or hands it to the canary (`@challenger`, or queued while another
+    version's canary runs); a failing version leaves `@candidate`."""
     settings = driftloop.settings()
     registry = driftloop.registry()
+    metric = metric_named(training_dataset.schema.metric)
     challenger_version = candidate_model.version.version
     champion = registry.by_alias(CHAMPION)
     holdout, recent = (
@@ -63,7 +79,10 @@ def promotion_gate(
 
     def scores(version: str):
         model = registry.load_verified(version, TRUSTED_TYPES)
-        return model, (evaluate(model, *holdout), evaluate(model, *recent))
+        return model, (
+            evaluate(model, *holdout, metric.name),
+            evaluate(model, *recent, metric.name),
+        )
 
     challenger_model, challenger_scores = scores(challenger_version)
     reigning = champion is not None and champion.version == challenger_version
@@ -76,7 +95,7 @@ def promotion_gate(
         champion.version if champion else None,
         champion_scores,
         settings.promotion_margin,
-        settings.promotion_floor,
+        floor_of(metric, settings.promotion_floor),
     )
     if not reigning:  # a reigning champion keeps the card and decision it was promoted with
         decision = apply(decision, registry, settings.promotion_policy)
@@ -96,8 +115,11 @@ def promotion_gate(
             "applied": decision.applied,
             "reason": decision.reason,
             "basis": decision.basis,
+            "metric": decision.metric,
             "challenger_version": challenger_version,
-            "challenger_score": decision.challenger_score,
+            "challenger_score": decision.challenger_score
+            if decision.challenger_score is not None
+            else float("nan"),
             "champion_version": decision.champion_version or "none",
             "champion_score": decision.champion_score
             if decision.champion_score is not None

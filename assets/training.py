@@ -55,6 +55,8 @@ def training_dataset(
             "batches": len(training.batches),
             "train_since": since or "all batches",
             "label_counts": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
+            "task": schema.task,
+            "metric": schema.metric,
             "schema": dg.MetadataValue.md(
                 "| feature | kind | dtype |\n|---|---|---|\n"
                 + "\n".join(f"| {f.name} | {f.kind} | {f.dtype} |" for f in schema.features)
@@ -96,8 +98,9 @@ def hpo_study(
     driftloop: DriftloopResource,
     training_dataset: TrainingSet,
 ) -> dg.Output[SearchResult]:
-    """An Optuna study (TPE, median pruning per CV fold) over the model families; each
-    trial is a child MLflow run of one parent run per dataset version."""
+    """An Optuna study (TPE, median pruning per CV fold) over the model families, optimising
+    the schema's primary metric in its direction; each trial is a child MLflow run of one
+    parent run per dataset version."""
     settings = driftloop.settings()
     tags = {
         "driftloop.data_hash": training_dataset.data_hash,
@@ -110,7 +113,7 @@ def hpo_study(
     )
     history = result.best_so_far
     step = max(1, len(history) // 20)
-    table = "| trial | best CV accuracy |\n|---|---|\n" + "\n".join(
+    table = f"| trial | best CV {result.metric} |\n|---|---|\n" + "\n".join(
         f"| {i + 1} | {history[i]:.4f} |" for i in range(0, len(history), step)
     )
     return dg.Output(
@@ -118,7 +121,8 @@ def hpo_study(
         metadata={
             "study": result.study_name,
             "mlflow_parent_run_id": result.parent_run_id,
-            "best_cv_accuracy": result.best_cv_accuracy,
+            "metric": result.metric,
+            "best_cv_score": result.best_cv_score,
             "best_params": dg.MetadataValue.json(result.best_params),
             "trials_complete": result.complete,
             "trials_pruned": result.pruned,

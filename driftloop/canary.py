@@ -1,17 +1,25 @@
-"""Canary analysis: is the challenger worse than the champion on live outcomes?
+"""Canary analysis: is the challenger worse than the champion on live outcomes, in the
+primary metric?
 
-Outcomes are per-request scores (1 = correct, 0 = wrong, or any bounded quality score).
-Welch's t-test does not assume equal variances, which matters when one arm has a few
-hundred requests and the other thousands.
+Each arm is its labelled live predictions (true labels, served probabilities). A metric that
+is a mean over requests (accuracy: right or wrong; log loss: each request's loss) compares
+the arms request by request with Welch's t-test, which does not assume equal variances (one
+arm may have a few hundred requests and the other thousands). A metric of the whole sample
+(ROC AUC, PR AUC, F1, balanced accuracy) compares them by a seeded bootstrap of the metric's
+difference. Either way `difference` is the challenger's gain in the metric's units, > 0
+better whatever the metric's direction, and the verdict rules are the same.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from scipy import stats
+
+from driftloop.metrics import Metric, encode, label_codes
 
 Verdict = Literal["advance", "rollback", "wait"]
 
@@ -21,8 +29,12 @@ class CanaryPolicy:
     steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
     min_samples: int = 100
     max_samples: int = 5_000
-    margin: float = 0.02
+    margin: float = 0.02  # in the metric's units
     confidence: float = 0.95
+    # 2 metric calls per resample; scikit-learn's ROC AUC took 1.5-5 ms per call here (idle to
+    # busy), so a decision costs 1.5-5 s, well inside the canary sensor's 15 s interval.
+    bootstrap_resamples: int = 500
+    seed: int = 0
     max_error_rate: float = 0.05
     max_p99_ms: float = 250.0
 
@@ -31,15 +43,34 @@ class CanaryPolicy:
 class CanaryDecision:
     verdict: Verdict
     reason: str
+    metric: str
     challenger_n: int
     champion_n: int
-    challenger_mean: float | None = None
-    champion_mean: float | None = None
-    difference: float | None = None
+    challenger_score: float | None = None
+    champion_score: float | None = None
+    difference: float | None = None  # the challenger's gain: > 0 better
     ci_low: float | None = None
     ci_high: float | None = None
     p_value: float | None = None
     effect_size: float | None = None
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm's labelled live predictions: the true labels (matched to the classes as
+    strings) and the probabilities it served, one column per class in class order."""
+
+    labels: Sequence
+    probabilities: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def one_hot(predictions: Sequence, classes: Sequence) -> np.ndarray:
+    """Served decisions as probabilities of 1 for the predicted class: what a log without
+    probabilities still tells, enough for accuracy (argmax is the decision)."""
+    return np.eye(len(classes))[label_codes(predictions, classes)]
 
 
 def welch(
@@ -58,64 +89,143 @@ def welch(
     return difference, difference - half, difference + half, p_value
 
 
+def bootstrap(
+    challenger: Arm,
+    champion: Arm,
+    metric: Metric,
+    classes: Sequence,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> tuple[float, float, float] | None:
+    """The challenger's gain in `metric` and its percentile bootstrap interval; None when
+    the metric is not defined on an arm (ROC AUC of labels of one class).
+
+    Each arm is resampled on its own and within each true class (the class counts stay as
+    observed), so every resample defines a ranking metric such as ROC AUC even when the
+    positive class is rare. Written with numpy: scipy.stats.bootstrap resamples without
+    strata and would draw positive-free samples. Seeded, so one decision repeats exactly.
+    """
+    k = len(classes)
+    ours, theirs = (
+        encode(arm.labels, arm.probabilities, classes) for arm in (challenger, champion)
+    )
+    if not (metric.defined_on(ours[0], k) and metric.defined_on(theirs[0], k)):
+        return None
+    rng = np.random.default_rng(seed)
+    strata = [[np.flatnonzero(codes == c) for c in np.unique(codes)] for codes, _ in (ours, theirs)]
+
+    def draw(arm: int) -> np.ndarray:
+        return np.concatenate([rng.choice(rows, size=len(rows)) for rows in strata[arm]])
+
+    def gain(a: np.ndarray, b: np.ndarray) -> float:
+        return metric.gain(
+            metric.scorer(ours[0][a], ours[1][a], k), metric.scorer(theirs[0][b], theirs[1][b], k)
+        )
+
+    observed = gain(np.arange(len(ours[0])), np.arange(len(theirs[0])))
+    gains = np.array([gain(draw(0), draw(1)) for _ in range(resamples)])
+    low, high = np.quantile(gains, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return observed, float(low), float(high)
+
+
 def analyse(
-    challenger: np.ndarray,
-    champion: np.ndarray,
+    challenger: Arm,
+    champion: Arm,
     policy: CanaryPolicy,
+    metric: Metric,
+    classes: Sequence,
     challenger_error_rate: float = 0.0,
     challenger_p99_ms: float = 0.0,
 ) -> CanaryDecision:
-    """Advance when not worse by more than the margin; roll back when significantly worse,
-    when a guard trips, or when the evidence stays inconclusive past `max_samples`."""
+    """Advance when not worse by more than the margin (in `metric`'s units); roll back when
+    significantly worse, when a guard trips, or when the evidence stays inconclusive past
+    `max_samples`."""
     n1, n2 = len(challenger), len(champion)
+    counts = {"metric": metric.name, "challenger_n": n1, "champion_n": n2}
     if challenger_error_rate > policy.max_error_rate:
         return CanaryDecision(
             "rollback",
             f"error rate {challenger_error_rate:.1%} over the guard {policy.max_error_rate:.1%}",
-            n1,
-            n2,
+            **counts,
         )
     if challenger_p99_ms > policy.max_p99_ms:
         return CanaryDecision(
             "rollback",
             f"p99 latency {challenger_p99_ms:.0f} ms over the guard {policy.max_p99_ms:.0f} ms",
-            n1,
-            n2,
+            **counts,
         )
     if min(n1, n2) < policy.min_samples:
         return CanaryDecision(
             "wait",
             f"{n1} challenger and {n2} champion outcomes; need {policy.min_samples} each",
-            n1,
-            n2,
+            **counts,
         )
-    difference, low, high, p_value = welch(challenger, champion, policy.confidence)
-    pooled_sd = float(np.sqrt((challenger.var(ddof=1) + champion.var(ddof=1)) / 2))
-    numbers = {
-        "challenger_mean": float(challenger.mean()),
-        "champion_mean": float(champion.mean()),
+    at_cap = min(n1, n2) >= policy.max_samples
+    numbers = _evidence(challenger, champion, policy, metric, classes)
+    if numbers is None:
+        reason = f"{metric.name} needs every class among each arm's labels"
+        if at_cap:
+            return CanaryDecision(
+                "rollback", f"inconclusive after {policy.max_samples} samples: {reason}", **counts
+            )
+        return CanaryDecision("wait", reason, **counts)
+    difference, low, high = numbers["difference"], numbers["ci_low"], numbers["ci_high"]
+    ci = f"{policy.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
+    interval = f"{metric.name} gain {difference:+.4f}, {ci}"
+    if high < 0:
+        verdict, reason = "rollback", f"significantly worse: {interval}"
+    elif low > -policy.margin:
+        verdict, reason = "advance", f"not worse by more than {policy.margin}: {interval}"
+    elif at_cap:
+        verdict, reason = "rollback", f"inconclusive after {policy.max_samples} samples: {interval}"
+    else:
+        verdict, reason = "wait", f"inconclusive so far: {interval}"
+    return CanaryDecision(verdict, reason, **counts, **numbers)
+
+
+def _evidence(
+    challenger: Arm, champion: Arm, policy: CanaryPolicy, metric: Metric, classes: Sequence
+) -> dict[str, float] | None:
+    """Both arms' scores and the challenger's gain with its interval (and, for a per-request
+    metric, the p-value and effect size); None when the metric is undefined on an arm."""
+    if metric.per_row is not None:
+        rows = [
+            metric.per_row(*encode(a.labels, a.probabilities, classes))
+            for a in (challenger, champion)
+        ]
+        # Welch on outcomes signed so that higher is better: its difference is the gain.
+        sign = 1.0 if metric.greater_is_better else -1.0
+        difference, low, high, p_value = welch(sign * rows[0], sign * rows[1], policy.confidence)
+        pooled_sd = float(np.sqrt((rows[0].var(ddof=1) + rows[1].var(ddof=1)) / 2))
+        return {
+            "challenger_score": float(rows[0].mean()),
+            "champion_score": float(rows[1].mean()),
+            "difference": difference,
+            "ci_low": low,
+            "ci_high": high,
+            "p_value": p_value,
+            "effect_size": difference / pooled_sd if pooled_sd > 0 else 0.0,
+        }
+    interval = bootstrap(
+        challenger,
+        champion,
+        metric,
+        classes,
+        policy.confidence,
+        policy.bootstrap_resamples,
+        policy.seed,
+    )
+    if interval is None:
+        return None
+    difference, low, high = interval
+    return {
+        "challenger_score": metric.score(challenger.labels, challenger.probabilities, classes),
+        "champion_score": metric.score(champion.labels, champion.probabilities, classes),
         "difference": difference,
         "ci_low": low,
         "ci_high": high,
-        "p_value": p_value,
-        "effect_size": difference / pooled_sd if pooled_sd > 0 else 0.0,
     }
-    interval = f"difference {difference:+.4f}, {policy.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
-    if high < 0:
-        return CanaryDecision("rollback", f"significantly worse: {interval}", n1, n2, **numbers)
-    if low > -policy.margin:
-        return CanaryDecision(
-            "advance", f"not worse by more than {policy.margin}: {interval}", n1, n2, **numbers
-        )
-    if min(n1, n2) >= policy.max_samples:
-        return CanaryDecision(
-            "rollback",
-            f"inconclusive after {policy.max_samples} samples: {interval}",
-            n1,
-            n2,
-            **numbers,
-        )
-    return CanaryDecision("wait", f"inconclusive so far: {interval}", n1, n2, **numbers)
 
 
 def next_weight(current: float, steps: tuple[float, ...]) -> float:

@@ -1,4 +1,5 @@
-"""Turn the search's best point into a registered `@challenger` with full lineage."""
+"""Turn the search's best point into a registered `@candidate` with full lineage: no
+version takes traffic before its gate has judged it."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.types.schema import ColSpec, Schema
 
 from driftloop.data import TrainingSet
 from driftloop.hpo import SearchResult
 from driftloop.modelcard import holdout_slices, render_card
 from driftloop.registry import (
-    CHALLENGER,
+    CANDIDATE,
     TAG_DATA_HASH,
     TAG_GIT_COMMIT,
     TAG_LINEAGE,
@@ -28,6 +30,7 @@ from driftloop.registry import (
     VersionInfo,
     directory_sha256,
 )
+from driftloop.schema import DatasetSchema
 from driftloop.settings import PROJECT_ROOT, Settings
 from driftloop.training import TRUSTED_TYPES, Evaluation, evaluate, limited_threads, make_model
 
@@ -38,6 +41,19 @@ class Candidate:
     newly_registered: bool
     holdout: Evaluation
     run_id: str
+
+
+# Our feature types as MLflow column types: serving builds its request model from these.
+_COLUMN_TYPES = {"int": "long", "float": "double", "str": "string", "bool": "boolean"}
+
+
+def model_signature(schema: DatasetSchema, probabilities: Any) -> ModelSignature:
+    """The request contract from the schema, not inferred from the (float64) training frame:
+    an integer stays an integer, a bool a bool, and a feature with gaps is optional."""
+    inputs = Schema(
+        [ColSpec(_COLUMN_TYPES[f.dtype], f.name, required=not f.nullable) for f in schema.features]
+    )
+    return ModelSignature(inputs=inputs, outputs=infer_signature(None, probabilities).outputs)
 
 
 def serving_requirements() -> list[str]:
@@ -69,23 +85,24 @@ def register_candidate(
     registry: Registry,
     trigger: str,
 ) -> Candidate:
-    """Refit on all training rows, log, register and alias; reuse an identical version."""
+    """Refit on all training rows, log, register as `@candidate` (serving never reads it;
+    only the gate moves it on); reuse an identical version, which keeps its aliases."""
     existing = registry.find_by_lineage(search.study_name)
     if existing is not None:
         model = registry.load_verified(existing.version, TRUSTED_TYPES)
-        holdout = evaluate(model, *training.xy(training.holdout))
+        holdout = evaluate(model, *training.xy(training.holdout), training.schema.metric)
         return Candidate(existing, False, holdout, existing.run_id or search.parent_run_id)
 
     x, y = training.xy(training.train)
     with limited_threads(settings.train_threads):
         model = make_model(search.best_params, training.schema, settings.seed).fit(x, y)
-    holdout = evaluate(model, *training.xy(training.holdout))
+    holdout = evaluate(model, *training.xy(training.holdout), training.schema.metric)
     example = x.head(5)
     with mlflow.start_run(run_id=search.parent_run_id):
         info = mlflow.sklearn.log_model(
             model,
             name="model",
-            signature=infer_signature(example, model.predict_proba(example)),
+            signature=model_signature(training.schema, model.predict_proba(example)),
             input_example=example,
             serialization_format="skops",
             skops_trusted_types=TRUSTED_TYPES,
@@ -100,7 +117,7 @@ def register_candidate(
     tags = lineage_tags(training, search, trigger, sha256, holdout)
     card = render_card(training, search, holdout, holdout_slices(model, training))
     version = registry.register(info.model_id, search.parent_run_id, tags, card)
-    registry.set_alias(CHALLENGER, version.version)
+    registry.set_alias(CANDIDATE, version.version)
     return Candidate(version, True, holdout, search.parent_run_id)
 
 
@@ -120,7 +137,11 @@ def lineage_tags(
         TAG_TRIGGER: trigger,
         "driftloop.params": json.dumps(search.best_params, sort_keys=True),
         "driftloop.train_rows": str(len(training.train)),
-        "driftloop.holdout_accuracy": f"{holdout.accuracy:.6f}",
+        # The primary metric and its holdout value, then every holdout score by name
+        # (`driftloop.holdout_accuracy`, `driftloop.holdout_roc_auc`, ...).
+        "driftloop.metric": holdout.metric,
+        **({} if holdout.value is None else {"driftloop.holdout_score": f"{holdout.value:.6f}"}),
+        **{f"driftloop.holdout_{name}": f"{value:.6f}" for name, value in holdout.scores.items()},
         "driftloop.target": training.schema.target,
         "driftloop.features": json.dumps(training.schema.feature_names),
     }

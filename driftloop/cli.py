@@ -11,14 +11,18 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from driftloop.settings import PROJECT_ROOT, Settings, load_settings
+from driftloop.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from driftloop.registry import Registry
+    from driftloop.schema import DatasetSchema
+    from driftloop.supervisor import Service, Supervisor
 
 
 class UserError(Exception):
@@ -53,10 +57,19 @@ _UNREACHABLE = re.compile(r"Connection refused|Max retries exceeded|Failed to es
 
 
 def _one_line(error: Exception) -> str:
+    # Ray re-raises an actor's error wrapped, its first line only naming the actor
+    # (`ray::HAProxyManager.ready()`): the error inside is the cause.
+    while type(error).__module__.startswith("ray.") and isinstance(
+        getattr(error, "cause", None), Exception
+    ):
+        error = error.cause
     text = str(error).strip().splitlines()
     message = text[0] if text else type(error).__name__
     if "validation error" in message and len(text) > 2:  # pydantic: say which setting
         message = f"bad configuration: {text[1].strip()} {text[2].strip()}"
+    alert = next((line for line in text if line.startswith("[ALERT]")), None)
+    if alert:  # HAProxy's startup log: its first alert says what failed
+        message = f"{message.split(':')[0]}: {alert.split(' : ', 1)[-1]}"
     return message
 
 
@@ -82,7 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(command=cmd_status)
 
-    ui = commands.add_parser("ui", help="start the Dagster and MLflow UIs")
+    up = commands.add_parser(
+        "up",
+        help="run the whole loop on your data: MLflow, Dagster (sensors, schedules), serving",
+        description=UP_DESCRIPTION,
+        epilog=UP_SETTINGS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    up.set_defaults(command=cmd_up)
+
+    ui = commands.add_parser(
+        "ui", help="start the Dagster (webserver + daemon) and MLflow UIs, without serving"
+    )
     ui.set_defaults(command=cmd_ui)
 
     promote = commands.add_parser("promote", help="make VERSION the champion")
@@ -148,7 +172,7 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
     import dagster as dg
 
     from driftloop.data import BatchStore
-    from pipelines.launch import ingest_pending, prepare_dagster_home, run_training
+    from pipelines.launch import ingest_pending, prepare_dagster_home, run_failure, run_training
 
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
@@ -163,25 +187,10 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         result = run_training(settings, instance, trigger="cli")
         seconds = time.perf_counter() - started
         if not result.success:
-            raise UserError(f"training run {result.run_id} failed: {_failure_of(result)}")
+            raise UserError(f"training run {result.run_id} failed: {run_failure(result)}")
         decision = result.output_for_node("promotion_gate")
         print(f"training run {result.run_id} finished in {seconds:.1f}s: {decision.summary()}")
     return 0
-
-
-def _failure_of(result: Any) -> str:
-    for event in result.all_events:
-        if event.is_failure and event.step_failure_data is not None:
-            error = event.step_failure_data.error
-            while error.cause is not None:  # the root cause is what the user can act on
-                error = error.cause
-            return error.message.strip().splitlines()[0]
-    for event in result.all_events:
-        if event.event_type_value == "ASSET_CHECK_EVALUATION":
-            data = event.event_specific_data.asset_check_evaluation
-            if not data.passed:
-                return f"check {data.check_name} failed: {data.description}"
-    return "see the run in the Dagster UI"
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -194,11 +203,23 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             print(f"@{alias:<10} -")
         else:
             print(
-                f"@{alias:<10} v{info['version']}  holdout accuracy {info['holdout_accuracy']}  "
+                f"@{alias:<10} v{info['version']}  "
+                f"holdout {info['metric']} {info['holdout_score']}  "
                 f"sha256 {(info['sha256'] or '')[:12]}  run {info['run_id']}"
             )
     dataset = report["dataset"]
-    print(f"dataset: target {dataset['target']!r}, features {dataset['features']}")
+    if dataset["task"] is None:
+        print(f"dataset: none accepted yet (target column {dataset['target']!r})")
+    else:
+        print(
+            f"dataset: {dataset['task']} target {dataset['target']!r} "
+            f"(labels {dataset['labels']}), metric {dataset['metric']}"
+        )
+        print(f"  features ({len(dataset['features'])}): {', '.join(dataset['features'])}")
+        print(f"  id columns: {', '.join(dataset['id_columns']) or '-'}")
+        print(f"  timestamp column: {dataset['timestamp_column'] or '-'}")
+        for column in dataset["excluded"]:
+            print(f"  excluded {column['name']!r} ({column['role']}): {column['reason']}")
     print(f"last ingest: {report['last_ingest']}")
     print(f"last run: {report['last_run']}")
     return 0
@@ -220,6 +241,12 @@ def status_report(settings: Settings) -> dict[str, Any]:
                 "version": info.version,
                 "run_id": info.run_id,
                 "sha256": info.sha256,
+                # Versions registered before the metric was chosen carry accuracy only.
+                "metric": info.tags.get("driftloop.metric", "accuracy"),
+                "holdout_score": _as_float(
+                    info.tags.get("driftloop.holdout_score")
+                    or info.tags.get("driftloop.holdout_accuracy")
+                ),
                 "holdout_accuracy": _as_float(info.tags.get("driftloop.holdout_accuracy")),
                 "data_hash": info.tags.get("driftloop.data_hash"),
                 "trigger": info.tags.get("driftloop.trigger"),
@@ -239,12 +266,34 @@ def status_report(settings: Settings) -> dict[str, Any]:
         "home": str(settings.home),
         "model_name": settings.model_name,
         "aliases": aliases,
-        "dataset": {
-            "target": schema.target if schema else settings.target_column,
-            "features": schema.feature_names if schema else [],
-        },
+        "dataset": _dataset(schema, settings),
         "last_ingest": last_ingest,
         "last_run": _last_run(settings),
+    }
+
+
+def _dataset(schema: DatasetSchema | None, settings: Settings) -> dict[str, Any]:
+    """The schema in force: task, metric and the role of every column."""
+    if schema is None:
+        return {
+            "target": settings.target_column,
+            "task": None,
+            "labels": [],
+            "metric": settings.metric,
+            "features": [],
+            "id_columns": [],
+            "timestamp_column": None,
+            "excluded": [],
+        }
+    return {
+        "target": schema.target,
+        "task": schema.task,
+        "labels": list(schema.labels),
+        "metric": schema.metric,
+        "features": schema.feature_names,
+        "id_columns": list(schema.id_columns),
+        "timestamp_column": schema.timestamp_column,
+        "excluded": [{"name": c.name, "role": c.role, "reason": c.reason} for c in schema.excluded],
     }
 
 
@@ -274,107 +323,213 @@ def _last_run(settings: Settings) -> dict[str, Any] | None:
 
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
-    from driftloop.registry import Registry, RegistryError, configure_tracking
+    """Through the registry's one locked alias move; promoting the champion is a no-op."""
+    from driftloop.registry import CHAMPION, Registry, RegistryError, configure_tracking
 
     configure_tracking(settings)
     registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
     try:
-        replaced = registry.promote(args.version)
+        moved = registry.promote(args.version)
     except RegistryError as error:
         raise UserError(str(error)) from error
+    if not moved.changed:
+        print(f"v{args.version} is already @champion")
+        return 0
     registry.set_tags(args.version, {"driftloop.decision.manual": "promoted by driftloop promote"})
-    before = f" (v{replaced.version} is now @previous)" if replaced else ""
-    print(f"v{args.version} is now @champion{before}")
+    replaced = moved.before.get(CHAMPION)
+    suffix = f" (v{replaced} is now @previous)" if replaced else ""
+    print(f"v{args.version} is now @champion{suffix}")
     return 0
 
 
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    from driftloop.registry import Registry, configure_tracking
+    """`@champion` back to `@previous`; the demoted version keeps no alias, so running it
+    again cannot bring the rolled-back model back."""
+    from driftloop.registry import CHAMPION, Registry, configure_tracking
 
     configure_tracking(settings)
-    restored, demoted = Registry(settings.mlflow_tracking_uri, settings.model_name).rollback()
-    print(f"v{restored} is @champion again; v{demoted} is now @previous")
+    moved = Registry(settings.mlflow_tracking_uri, settings.model_name).rollback()
+    restored, demoted = moved.after[CHAMPION], moved.before[CHAMPION]
+    print(f"v{restored} is @champion again; v{demoted} (rolled back) holds no alias")
     return 0
+
+
+UP_DESCRIPTION = """\
+Run the whole loop on your own data, in one supervised command: the MLflow server, then
+`dagster dev` (webserver + daemon: the landing sensor ingests new files, the monitors and
+the canary sensor run, the nightly schedule retrains), then Ray Serve with @champion. Each
+is health-checked before the next starts; one table shows where everything answers.
+
+Without a @champion yet, serving waits: the other servers stay up, and serving starts as
+soon as a first model is promoted (land files, then `driftloop train` or the `training` job
+in the Dagster UI). Ctrl-C or SIGTERM stops every server; if one fails, `up` stops the rest
+and prints the end of that server's log (all logs: <home>/logs/)."""
+
+UP_SETTINGS = """\
+settings (environment variables; `driftloop status` shows the data's schema):
+  DRIFTLOOP_HOME               all state: stores, landing zone, logs (./.driftloop)
+  DRIFTLOOP_LANDING_DIR        where your CSV/Parquet files land (<home>/landing, or s3://)
+  DRIFTLOOP_TARGET_COLUMN      the label column of your files (label)
+  DRIFTLOOP_METRIC             primary metric: accuracy, balanced_accuracy, roc_auc, pr_auc,
+                               f1, log_loss (default chosen from the first file's labels)
+  DRIFTLOOP_ID_COLUMNS         business id columns: never features, echoed by serving
+  DRIFTLOOP_TIMESTAMP_COLUMN   the column that orders rows; never a feature
+  DRIFTLOOP_IGNORE_COLUMNS     other columns that are not features
+  DRIFTLOOP_PROMOTION_POLICY   auto (the gate promotes), manual, canary (live canary decides)
+  DRIFTLOOP_ADMIN_API_KEY      key for serving's /admin/* (unset: admin endpoints off)
+  DRIFTLOOP_MLFLOW_PORT        MLflow UI and server (5000)
+  DRIFTLOOP_DAGSTER_PORT       Dagster UI (3000)
+  DRIFTLOOP_SERVE_PORT         serving HTTP (8000); DRIFTLOOP_SERVE_REPLICAS (1)
+  DRIFTLOOP_TRACKING_URI       MLflow store (<home>/mlflow/mlflow.db); an http(s):// server
+                               is used as it is and not started here
+  DRIFTLOOP_N_TRIALS           Optuna trials per training run (50)
+  DRIFTLOOP_LANDING_SENSOR_INTERVAL_S, DRIFTLOOP_SCHEDULE_CRON   when new data is looked at
+  DRIFTLOOP_DEBUG=1            tracebacks instead of one-sentence errors
+All settings: README.md, Configuration."""
+
+CHAMPION_POLL_S = 5.0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    return supervise(settings, serving=True)
 
 
 def cmd_ui(settings: Settings, args: argparse.Namespace) -> int:
-    urls = start_uis(settings)
-    for name, url in urls.items():
-        print(f"{name}: {url}")
-    print("Ctrl-C stops both.")
-    signal.pause()
-    return 0
+    return supervise(settings, serving=False)
 
 
-_CHILDREN: list[subprocess.Popen[bytes]] = []
-
-
-def start_uis(settings: Settings) -> dict[str, str]:
-    """Start `dagster dev` (webserver + daemon, so sensors and schedules run) and MLflow."""
-    import atexit
-
+def supervise(settings: Settings, serving: bool) -> int:
+    """Start the loop's servers in order, print where they answer, watch them until
+    Ctrl-C/SIGTERM or a failure, then stop every one of them."""
     from driftloop.registry import configure_tracking
+    from driftloop.supervisor import ChildFailed, Supervisor, loop_env, port_in_use, services
     from pipelines.launch import prepare_dagster_home
 
     prepare_dagster_home(settings)
     configure_tracking(settings)
-    settings.logs.mkdir(parents=True, exist_ok=True)
-    commands = ui_commands(settings)
-    # MLflow's server-side job runner (GenAI evaluation jobs) costs a dozen processes here.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    for name, command in commands.items():
-        log = open(settings.logs / f"{name}-ui.log", "ab")  # noqa: SIM115 - lives with the child
-        # From DAGSTER_HOME, so `dagster dev` does not also find the repo's dagster.yaml.
-        cwd = settings.dagster_home
-        _CHILDREN.append(
-            subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wanted = services(settings, settings.dagster_home)
+    if settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        wanted.pop("mlflow")  # a tracking server of the deployment's own: use it as it is
+    if not serving:
+        wanted.pop("serve")
+    ports = {"mlflow": "MLFLOW", "dagster": "DAGSTER", "serve": "SERVE"}
+    for name, service in wanted.items():
+        if port_in_use(service.port):
+            raise UserError(
+                f"port {service.port} for {name} is in use (another `driftloop up`?): "
+                f"set DRIFTLOOP_{ports[name]}_PORT"
+            )
+    _print_settings(settings)
+    supervisor = Supervisor(settings.logs, loop_env(settings))
+    # `kill`, systemd and Kubernetes stop with SIGTERM: it takes Ctrl-C's way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    code = 0
+    try:
+        _run(supervisor, settings, wanted)
+    except KeyboardInterrupt:
+        print("stopping …", flush=True)
+    except ChildFailed as failed:
+        print(f"driftloop: {failed.report()}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        left = supervisor.stop()
+    if left:
+        print(f"driftloop: processes {sorted(left)} survived SIGKILL", file=sys.stderr)
+        return 1
+    print("stopped: no server process left")
+    return code
+
+
+def _run(supervisor: Supervisor, settings: Settings, wanted: dict[str, Service]) -> None:
+    """MLflow, then Dagster, then serving once there is a @champion; then watch them all
+    until a signal or a failure ends this."""
+    from driftloop.registry import Registry
+
+    for name in ("mlflow", "dagster"):
+        if name in wanted:
+            print(f"starting {name} …", flush=True)
+            supervisor.start_service(wanted[name])
+            supervisor.wait_healthy(name)
+    serve = wanted.get("serve")
+    registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
+    champion = _champion(registry) if serve else None
+    if serve and champion:
+        _start_serving(supervisor, serve, champion)
+    _print_urls(settings, wanted, serve_waiting=serve is not None and champion is None)
+    next_look = time.monotonic() + CHAMPION_POLL_S
+    while True:
+        supervisor.check()
+        if serve and not supervisor.started(serve.name) and time.monotonic() >= next_look:
+            next_look = time.monotonic() + CHAMPION_POLL_S
+            champion = _champion(registry)
+            if champion:
+                _start_serving(supervisor, serve, champion)
+                print(f"serving: {serve.url} (predict: POST {_predict_url(settings)})")
+        time.sleep(1)
+
+
+def _start_serving(supervisor: Supervisor, serve: Service, champion: str) -> None:
+    print(f"starting serving with @champion v{champion} …", flush=True)
+    supervisor.start_service(serve)
+    supervisor.wait_healthy(serve.name)
+
+
+def _champion(registry: Registry) -> str | None:
+    """The @champion's version, or None (also while the store is briefly unreachable)."""
+    from mlflow.exceptions import MlflowException
+
+    from driftloop.registry import CHAMPION
+
+    try:
+        found = registry.by_alias(CHAMPION)
+    except MlflowException:
+        return None
+    return found.version if found else None
+
+
+def _predict_url(settings: Settings) -> str:
+    from driftloop.supervisor import serve_url
+
+    return f"{serve_url(settings)}/v1/models/{settings.model_name}:predict"
+
+
+def _print_settings(settings: Settings) -> None:
+    from driftloop.schema import load_schema
+
+    schema = load_schema(settings.schema_path)
+    metric = schema.metric if schema else settings.metric or "chosen from the first file"
+    admin = "on (X-API-Key)" if settings.admin_api_key else "off (DRIFTLOOP_ADMIN_API_KEY unset)"
+    print(f"driftloop home {settings.home}")
+    print(
+        f"  target column {settings.target_column!r}, metric {metric}, "
+        f"promotion {settings.promotion_policy}, admin API {admin}"
+    )
+
+
+def _print_urls(settings: Settings, wanted: dict[str, Service], serve_waiting: bool) -> None:
+    """The one table a user needs: where each server answers, where data goes."""
+    rows = [("MLflow", wanted["mlflow"].url if "mlflow" in wanted else settings.tracking_uri)]
+    rows.append(("Dagster", wanted["dagster"].url))
+    if "serve" in wanted:
+        if serve_waiting:
+            rows.append(("serving", "waits for a @champion (starts once one is promoted)"))
+        else:
+            rows.append(("serving", f"{wanted['serve'].url}   docs {wanted['serve'].url}/docs"))
+            rows.append(("predict", f"POST {_predict_url(settings)}"))
+            rows.append(("feedback", f"POST {wanted['serve'].url}/v1/feedback"))
+    rows.append(("landing", f"{settings.landing}   (CSV/Parquet with {settings.target_column!r})"))
+    rows.append(("logs", str(settings.logs)))
+    width = max(len(name) for name, _ in rows)
+    print()
+    for name, where in rows:
+        print(f"  {name:<{width}}  {where}")
+    print()
+    if serve_waiting:
+        print(
+            f"no @champion of {settings.model_name!r} yet: land files in {settings.landing} and "
+            "run `driftloop train` (or the training job in the Dagster UI)"
         )
-    atexit.register(_stop_children)
-    return {
-        "Dagster UI": f"http://127.0.0.1:{settings.dagster_port}",
-        "MLflow UI": f"http://127.0.0.1:{settings.mlflow_port}",
-        "logs": str(settings.logs),
-    }
-
-
-def ui_commands(settings: Settings) -> dict[str, list[str]]:
-    """`dagster dev` (webserver + daemon, so sensors and schedules run) and the MLflow
-    server, both on 127.0.0.1: shared by `driftloop ui` and the demo."""
-    bin_dir = Path(sys.executable).parent
-    return {
-        "dagster": [
-            str(bin_dir / "dagster"),
-            "dev",
-            "-w",
-            str(PROJECT_ROOT / "workspace.yaml"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(settings.dagster_port),
-        ],
-        "mlflow": [
-            str(bin_dir / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(settings.mlflow_port),
-            "--backend-store-uri",
-            settings.mlflow_tracking_uri,
-            "--default-artifact-root",
-            settings.mlflow_artifact_root,
-        ],
-    }
-
-
-def _stop_children() -> None:
-    for child in _CHILDREN:
-        child.terminate()
-    for child in _CHILDREN:
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
+    print("Ctrl-C stops everything.", flush=True)
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,32 +27,80 @@ from driftloop.storage import Folder
 
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 BATCH_COLUMN = "_batch"
+HASH_DIGITS = 12
+_SLUG_MAX = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# The only keys driftloop creates: a slug of the file name, then the content hash prefix.
+_KEY = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9._-]{{0,{_SLUG_MAX - 1}}}-[0-9a-f]{{{HASH_DIGITS}}}")
+_NAME_LIMIT = 255  # bytes in one file name on common file systems and in an S3 key part
 
 
 class DataFileError(Exception):
     """A landed file that cannot be read as a table; the message is the quarantine reason."""
 
 
+class InvalidPartitionKey(ValueError):
+    """A partition key driftloop did not create (added by hand, e.g. with `..` or `/`)."""
+
+
+@dataclass(frozen=True)
+class PartitionKey:
+    """A parsed key: the file is found by `slug` and proven by its content hash prefix."""
+
+    slug: str
+    sha256_prefix: str
+
+
 def bytes_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def slug(file_name: str) -> str:
+    """A readable, path-safe form of a file name: accents dropped, anything else unsafe
+    (spaces, commas, other scripts, `..`) replaced, so it never names a path by itself."""
+    decomposed = unicodedata.normalize("NFKD", file_name)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    safe = re.sub(r"\.{2,}", ".", _UNSAFE.sub("_", plain))
+    return re.sub(r"^[.-]", "_", safe)[:_SLUG_MAX] or "_"
+
+
 def partition_key(file_name: str, sha256: str) -> str:
-    """`<name>-<hash prefix>`: readable in the UI, unique per content."""
-    return f"{_UNSAFE.sub('_', file_name)}-{sha256[:12]}"
+    """`<slug>-<hash prefix>`: readable in the UI, unique per content. The key does not have
+    to map back to the name: ingest finds the landed file by slug and proves it by hash."""
+    return f"{slug(file_name)}-{sha256[:HASH_DIGITS]}"
 
 
-def file_name_of(key: str) -> str:
-    return key.rsplit("-", 1)[0]
+def parse_partition_key(key: str) -> PartitionKey:
+    """Refuse, before any file is touched, a key that is not of the form driftloop creates."""
+    if not _KEY.fullmatch(key) or ".." in key:
+        shown = key if len(key) <= 200 else f"{key[:200]}…"
+        raise InvalidPartitionKey(
+            f"partition key {shown!r} is refused: driftloop only creates keys "
+            f"<name>-<{HASH_DIGITS} hex digits> with a name of letters, digits, '.', '_' "
+            "and '-' (no '..' or '/'); no file was read or moved"
+        )
+    name, digest = key.rsplit("-", 1)
+    return PartitionKey(name, digest)
 
 
-def read_table(file_name: str, data: bytes) -> pd.DataFrame:
-    """Parse a CSV or Parquet file's bytes, turning every failure into one readable reason."""
+def read_table(file_name: str, data: bytes, max_table_bytes: int | None = None) -> pd.DataFrame:
+    """Parse a CSV or Parquet file's bytes, turning every failure into one readable reason.
+
+    A Parquet file is small on disk but may decompress to far more: its footer (row count,
+    uncompressed size) is checked against `max_table_bytes` before any column is decoded.
+    """
     suffix = Path(file_name).suffix.lower()
     try:
         buffer = io.BytesIO(data)
-        frame = pd.read_parquet(buffer) if suffix == ".parquet" else pd.read_csv(buffer)
+        if suffix == ".parquet":
+            if max_table_bytes is not None:
+                _check_parquet_footer(pq.ParquetFile(buffer).metadata, max_table_bytes)
+                buffer.seek(0)
+            frame = pd.read_parquet(buffer)
+        else:
+            frame = pd.read_csv(buffer)
+    except DataFileError:
+        raise
     except Exception as error:
         raise DataFileError(f"unreadable {suffix} file: {error}".strip()) from error
     if frame.empty:
@@ -59,10 +108,27 @@ def read_table(file_name: str, data: bytes) -> pd.DataFrame:
     return frame
 
 
+def _check_parquet_footer(metadata: pq.FileMetaData, max_table_bytes: int) -> None:
+    """The decoded size is at least the pages' uncompressed size and at least 8 bytes per
+    cell (all-null or run-length columns are tiny in pages, not in memory)."""
+    uncompressed = sum(
+        metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)
+    )
+    cells = metadata.num_rows * metadata.num_columns
+    if max(uncompressed, 8 * cells) > max_table_bytes:
+        raise DataFileError(
+            f"too large to read: {metadata.num_rows:,} rows x {metadata.num_columns} columns, "
+            f"{uncompressed:,} bytes uncompressed, over the cap of {max_table_bytes:,} bytes "
+            "(DRIFTLOOP_MAX_TABLE_BYTES)"
+        )
+
+
 def quarantine(landing: Folder, file_name: str, quarantine_to: Folder, reasons: list[str]) -> str:
     """Move a rejected file aside with a `<name>.reason.json` next to it; returns its new URL."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     target = f"{stamp}-{file_name}"
+    if len(f"{target}.reason.json".encode(errors="surrogateescape")) > _NAME_LIMIT:
+        target = f"{stamp}-{slug(file_name)}"
     landing.move_to(file_name, quarantine_to, target)
     reason = {"file": file_name, "quarantined_at": stamp, "reasons": reasons}
     quarantine_to.write_bytes(f"{target}.reason.json", json.dumps(reason, indent=2).encode())
@@ -162,13 +228,15 @@ def build_training_set(
 ) -> TrainingSet:
     """Deduplicate, hash and split; `recent` is the holdout part of the newest batch."""
     columns = [*schema.feature_names, schema.target]
+    # Two records with equal features but their own business ids are two rows, not one.
+    identity = columns + [c for c in schema.id_columns if c in rows.columns]
     batches = tuple(dict.fromkeys(rows[BATCH_COLUMN]))
-    unique = rows.drop_duplicates(subset=columns, keep="last").reset_index(drop=True)
-    buckets = _salted(row_hashes(unique[columns]), seed) % np.uint64(10_000)
+    unique = rows.drop_duplicates(subset=identity, keep="last").reset_index(drop=True)
+    buckets = _salted(row_hashes(unique[identity]), seed) % np.uint64(10_000)
     in_holdout = buckets < holdout_fraction * 10_000
     holdout = unique[in_holdout]
     return TrainingSet(
-        data_hash=content_hash(unique[columns]),
+        data_hash=content_hash(unique[identity]),
         schema=schema,
         train=unique.loc[~in_holdout, columns].reset_index(drop=True),
         holdout=holdout[columns].reset_index(drop=True),

@@ -2,18 +2,19 @@
 
 This module only drives and watches. It starts `mlflow server`, `dagster dev` (webserver
 and daemon, so the sensors really run) and `driftloop serve` as child processes on
-127.0.0.1, sends simulated loan applications to serving over HTTP with delayed feedback,
-lands the labelled rows as files (so retrains see post-drift data), injects covariate
-shift and then concept drift, and records what the loop does on its own: the monitors'
-retrain requests (Dagster GraphQL), the canary's weights and the serving champion
-(`/readyz`). It imports neither Dagster nor Ray, so it measures the system from outside,
-as a user would see it.
+127.0.0.1 (through `driftloop.supervisor`, as `driftloop up` does), sends simulated loan
+applications to serving over HTTP with delayed feedback, lands the labelled rows as files
+(so retrains see post-drift data), injects covariate shift and then concept drift, and
+records what the loop does on its own: the monitors' retrain requests (Dagster GraphQL),
+the canary's weights and the serving champion (`/readyz`). It imports neither Dagster nor
+Ray, so it measures the system from outside, as a user would see it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -34,9 +35,9 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from driftloop.cli import ui_commands
 from driftloop.settings import PROJECT_ROOT, Settings, load_settings
 from driftloop.simulate import DriftPlan, LoanStream, write_batches
+from driftloop.supervisor import Supervisor, services
 
 LAND_MIN_ROWS = 60  # above the children's DRIFTLOOP_MIN_ROWS (50)
 IN_FLIGHT = 16  # concurrent demo requests at most
@@ -144,60 +145,8 @@ class LoopState:
 # --- child processes ------------------------------------------------------------------------
 
 
-class Children:
-    """The servers this demo started, stopped in reverse order (serving first, gently).
-
-    Each runs in its own process group and is stopped as a group: `dagster dev` starts the
-    webserver and the daemon as its own children, and a daemon left behind goes on running
-    sensors and monitoring runs on the demo's home after the demo has ended.
-    """
-
-    def __init__(self, logs: Path, env: dict[str, str]) -> None:
-        self.logs, self.env = logs, env
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, command: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - lives with the child
-        proc = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs.append((name, proc))
-        return proc
-
-    def stop(self) -> None:
-        # SIGINT to each server first: `driftloop serve` shuts Ray and HAProxy down in its
-        # `finally`, `dagster dev` its webserver and daemon; the group only for what is left.
-        for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-        for _name, proc in reversed(self.procs):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=40)
-            for ending in (signal.SIGTERM, signal.SIGKILL):
-                if not _signal_group(proc.pid, 0):
-                    break
-                _signal_group(proc.pid, ending)
-                time.sleep(2)
-            proc.poll()
-        self.procs.clear()
-
-
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
-
-
-def _signal_group(group: int, sig: int) -> bool:
-    """Send `sig` to a process group; False when no process of it is left."""
-    try:
-        os.killpg(group, sig)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def free_port(preferred: int) -> int:
@@ -223,6 +172,9 @@ def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str)
             "DRIFTLOOP_CV_FOLDS": str(plan.cv_folds),
             "DRIFTLOOP_MIN_ROWS": "50",
             "DRIFTLOOP_SEED": str(plan.seed),
+            # The demo's thresholds and summary (accuracy before/during/after) are in
+            # accuracy; the simulated loans (18 % approved) would default to roc_auc.
+            "DRIFTLOOP_METRIC": "accuracy",
             "DRIFTLOOP_PROMOTION_POLICY": "canary",
             "DRIFTLOOP_PREDICTION_LOG_WINDOW_S": str(plan.log_window_s),
             "DRIFTLOOP_MONITOR_WINDOW_S": str(plan.monitor_window_s),
@@ -247,24 +199,12 @@ def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str)
     return env
 
 
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{what} did not come up within {timeout_s:.0f}s (see the logs)")
-
-
 # --- the rollback drill's deliberately bad challenger -------------------------------------------
 
 
 def register_bad_challenger() -> str:
     """Train on the accepted rows with inverted labels, register it as `@challenger`, and
-    let it through the offline gate by configuration (floor 0, margin -1): only the live
+    let it through the offline gate by configuration (no floor, any margin): only the live
     canary can catch it. Runs in a child process with the demo's environment."""
     from driftloop.candidate import register_candidate
     from driftloop.data import BatchStore, build_training_set
@@ -294,11 +234,13 @@ def register_bad_challenger() -> str:
     candidate = register_candidate(training, search, settings, registry, trigger)
     champion = registry.by_alias(CHAMPION)
     assert champion is not None
-    holdout = training.xy(training.holdout)
-    ours = evaluate(registry.load_verified(candidate.version.version, TRUSTED_TYPES), *holdout)
-    theirs = evaluate(registry.load_verified(champion.version, TRUSTED_TYPES), *holdout)
+    holdout, metric = training.xy(training.holdout), training.schema.metric
+    ours = evaluate(
+        registry.load_verified(candidate.version.version, TRUSTED_TYPES), *holdout, metric
+    )
+    theirs = evaluate(registry.load_verified(champion.version, TRUSTED_TYPES), *holdout, metric)
     decision = decide(
-        candidate.version.version, (ours, None), champion.version, (theirs, None), -1.0, 0.0
+        candidate.version.version, (ours, None), champion.version, (theirs, None), -math.inf, None
     )
     apply(decision, registry, "canary")
     print(candidate.version.version)
@@ -542,9 +484,15 @@ def run_demo(
         "mlflow": free_port(base.mlflow_port),
     }
     env = child_env(home, plan, ports, secrets.token_urlsafe(16))
-    settings = Settings(home=home)
+    settings = Settings(home=home).model_copy(
+        update={
+            "dagster_port": ports["dagster"],
+            "mlflow_port": ports["mlflow"],
+            "serve_port": ports["serve"],
+        }
+    )
     bin_dir = Path(sys.executable).parent
-    children = Children(logs, env)
+    children = Supervisor(logs, env)
     if threading.current_thread() is threading.main_thread():
         # The servers run in sessions of their own, out of reach of a signal to ours: a
         # SIGTERM (a CI cancel, `kill`) must still reach the `finally` that stops them.
@@ -552,7 +500,7 @@ def run_demo(
     state = LoopState(started=time.monotonic())
     out(f"demo home {home} (logs in {logs})")
     try:
-        return _loop(plan, settings, env, ports, bin_dir, children, state, json_path, keep_ui, out)
+        return _loop(plan, settings, env, bin_dir, children, state, json_path, keep_ui, out)
     finally:
         children.stop()
 
@@ -561,26 +509,17 @@ def _loop(
     plan: DemoPlan,
     settings: Settings,
     env: dict[str, str],
-    ports: dict[str, int],
     bin_dir: Path,
-    children: Children,
+    children: Supervisor,
     state: LoopState,
     json_path: Path | None,
     keep_ui: bool,
     out: Callable[[str], None],
 ) -> dict[str, Any]:
     home = settings.home
-    urls = {
-        "serve": f"http://127.0.0.1:{ports['serve']}",
-        "dagster": f"http://127.0.0.1:{ports['dagster']}",
-        "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
-    }
-    servers = ui_commands(
-        settings.model_copy(
-            update={"dagster_port": ports["dagster"], "mlflow_port": ports["mlflow"]}
-        )
-    )
-    children.start("mlflow", servers["mlflow"], home)
+    servers = services(settings, home / "dagster")
+    urls = {name: server.url for name, server in servers.items()}
+    children.start_service(servers["mlflow"])
     out(f"[setup] simulating {plan.rows} applications and training the first champion")
     write_batches(
         LoanStream(seed=plan.seed), plan.rows, 5_000, settings.landing, settings.target_column
@@ -608,11 +547,11 @@ def _loop(
             stderr=subprocess.PIPE,
             text=True,
         )
-    children.start("dagster", servers["dagster"], home / "dagster")
-    children.start("serve", [str(bin_dir / "driftloop"), "serve"], home)
+    children.start_service(servers["dagster"])
+    children.start_service(servers["serve"])
     out("[setup] starting Ray Serve, the Dagster webserver + daemon and the MLflow UI")
-    wait_for(lambda: httpx.get(f"{urls['serve']}/readyz").status_code == 200, 240, "serving")
-    wait_for(lambda: httpx.get(f"{urls['dagster']}/server_info").status_code == 200, 240, "Dagster")
+    children.wait_healthy("serve")
+    children.wait_healthy("dagster")
     state.started = time.monotonic()
     watcher = Watcher(state, urls["serve"], urls["dagster"])
     watcher.poll_serving()

@@ -17,10 +17,12 @@ from typing import Any
 
 import optuna
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric as Measurement
+from mlflow.entities import Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from driftloop.data import TrainingSet
+from driftloop.metrics import Metric, metric_named
 from driftloop.settings import Settings
 from driftloop.training import (
     DEFAULT_TRIALS,
@@ -41,7 +43,8 @@ class SearchResult:
     study_name: str
     parent_run_id: str
     best_params: dict[str, Any]
-    best_cv_accuracy: float
+    metric: str  # what `best_cv_score` and `best_so_far` are in
+    best_cv_score: float
     complete: int
     pruned: int
     failed: int
@@ -54,30 +57,36 @@ class SearchResult:
         return 60 * self.new_trials / self.seconds if self.seconds > 0 else 0.0
 
 
-def study_name(settings: Settings, data_hash: str) -> str:
+def study_name(settings: Settings, data_hash: str, metric: str) -> str:
+    """The metric is part of the name: trials scored by another metric are another study."""
     return (
-        f"{settings.model_name}-{data_hash[:12]}-space{SEARCH_SPACE_VERSION}"
+        f"{settings.model_name}-{data_hash[:12]}-{metric}-space{SEARCH_SPACE_VERSION}"
         f"-k{settings.cv_folds}-n{settings.n_trials}-seed{settings.seed}"
     )
 
 
-def open_study(settings: Settings, name: str) -> optuna.Study:
+def open_study(settings: Settings, name: str, metric: Metric | None = None) -> optuna.Study:
+    """The study `name`, created to optimise `metric` in its direction if it is new; without
+    a metric, an existing study (KeyError if there is none), as a reader opens it."""
     if settings.optuna_storage is None:
         settings.home.mkdir(parents=True, exist_ok=True)
-    return optuna.create_study(
-        study_name=name,
-        storage=settings.optuna_storage_url,
-        load_if_exists=True,
-        direction="maximize",
+    common: dict[str, Any] = {
+        "study_name": name,
+        "storage": settings.optuna_storage_url,
         # Workers sharing a study need their own seeds, and the constant liar keeps them
         # from proposing the same point while each other's trials are still running.
-        sampler=optuna.samplers.TPESampler(
+        "sampler": optuna.samplers.TPESampler(
             seed=settings.seed + settings.hpo_worker, constant_liar=True
         ),
-        # Each fold is a step: a trial whose running mean is below the median of earlier
-        # trials at the same fold stops there.
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
-    )
+        # Each fold is a step: a trial whose running mean is worse than the median of
+        # earlier trials at the same fold (in the study's direction) stops there.
+        "pruner": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+    }
+    if metric is None:
+        return optuna.load_study(**common)
+    study = optuna.create_study(**common, load_if_exists=True, direction=metric.direction)
+    study.set_user_attr("metric", metric.name)
+    return study
 
 
 def run_search(
@@ -90,12 +99,19 @@ def run_search(
     """Run the trials this study still lacks; each becomes a child of the study's parent run."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = MlflowClient(settings.mlflow_tracking_uri)
-    name = study_name(settings, training.data_hash)
-    study = open_study(settings, name)
+    metric = metric_named(training.schema.metric)
+    name = study_name(settings, training.data_hash, metric.name)
+    study = open_study(settings, name, metric)
     parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if parent_id is None:
         parent = client.create_run(
-            experiment_id, run_name=f"train-{training.version}", tags=run_tags
+            experiment_id,
+            run_name=f"train-{training.version}",
+            tags={
+                **run_tags,
+                "driftloop.metric": metric.name,
+                "driftloop.metric_direction": metric.direction,
+            },
         )
         parent_id = parent.info.run_id
         study.set_user_attr(PARENT_RUN_ATTR, parent_id)
@@ -113,11 +129,11 @@ def run_search(
             experiment_id,
             tags={MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: f"trial-{trial.number}"},
         )
-        fold_scores: list[Metric] = []
+        fold_scores: list[Measurement] = []
 
         def report(mean_so_far: float, fold: int) -> None:
             now = int(time.time() * 1000)
-            fold_scores.append(Metric("cv_accuracy_running", mean_so_far, now, fold))
+            fold_scores.append(Measurement(f"cv_{metric.name}_running", mean_so_far, now, fold))
             trial.report(mean_so_far, fold)
             if trial.should_prune():
                 raise optuna.TrialPruned()
@@ -126,7 +142,7 @@ def run_search(
         try:
             score = cross_validate(params, folds, report)
             state = "COMPLETE"
-            fold_scores.append(Metric("cv_accuracy", score, int(time.time() * 1000), 0))
+            fold_scores.append(Measurement(f"cv_{metric.name}", score, int(time.time() * 1000), 0))
             return score
         except optuna.TrialPruned:
             state = "PRUNED"
@@ -172,20 +188,23 @@ def run_search(
         study_name=name,
         parent_run_id=parent_id,
         best_params=dict(study.best_trial.params),
-        best_cv_accuracy=float(study.best_value),
+        metric=metric.name,
+        best_cv_score=float(study.best_value),
         complete=_count(study, optuna.trial.TrialState.COMPLETE),
         pruned=_count(study, optuna.trial.TrialState.PRUNED),
         failed=_count(study, optuna.trial.TrialState.FAIL),
         new_trials=_count(study, *_FINISHED) - finished_before,
-        best_so_far=_best_so_far(study),
+        best_so_far=_best_so_far(study, metric),
         seconds=seconds,
     )
+    now = int(time.time() * 1000)
     client.log_batch(
         parent_id,
         metrics=[
-            Metric("best_cv_accuracy", result.best_cv_accuracy, int(time.time() * 1000), 0),
-            Metric("trials_complete", result.complete, int(time.time() * 1000), 0),
-            Metric("trials_pruned", result.pruned, int(time.time() * 1000), 0),
+            Measurement("best_cv_score", result.best_cv_score, now, 0),
+            Measurement(f"best_cv_{metric.name}", result.best_cv_score, now, 0),
+            Measurement("trials_complete", result.complete, now, 0),
+            Measurement("trials_pruned", result.pruned, now, 0),
         ],
         tags=[RunTag("driftloop.study", name)],
     )
@@ -244,11 +263,14 @@ def _count(study: optuna.Study, *states: optuna.trial.TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _best_so_far(study: optuna.Study) -> tuple[float, ...]:
-    best, history = float("-inf"), []
+def _best_so_far(study: optuna.Study, metric: Metric) -> tuple[float, ...]:
+    """The best value after each trial, from the first complete one on."""
+    better = max if metric.greater_is_better else min
+    best: float | None = None
+    history = []
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
-            best = max(best, trial.value)
-        if best > float("-inf"):
+            best = trial.value if best is None else better(best, trial.value)
+        if best is not None:
             history.append(best)
     return tuple(history)

@@ -1,16 +1,23 @@
-"""Monitoring: feature drift (Evidently), live quality per version, and change detection
-on the error stream (river ADWIN and Page-Hinkley)."""
+"""Monitoring: feature drift (Evidently) and null share of served traffic, live quality per
+version in the primary metric, and change detection on the error stream (river ADWIN and
+Page-Hinkley)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from river import drift
 
+from driftloop.data import BatchStore
 from driftloop.logwindows import window_start
+from driftloop.metrics import Metric
+from driftloop.schema import blank_to_null
 from driftloop.storage import Folder
 
 
@@ -23,6 +30,7 @@ def read_log(
     With the writers' `window_s`, files whose window ended before `since` are not read: a
     record is written during its file's window, so none of theirs can be that recent. One
     extra window of slack covers clocks that disagree between writers and this reader.
+    Files written before a column existed read with that column null (pandas aligns them).
     """
     names = [f.name for f in log.files((".parquet",))]
     if since is not None and window_s is not None:
@@ -34,6 +42,25 @@ def read_log(
     if since is not None and not frame.empty:
         frame = frame[frame["at"] >= pd.Timestamp(since)]
     return frame.reset_index(drop=True)
+
+
+def model_frame(frame: pd.DataFrame, features: Sequence[str], text: Sequence[str]) -> pd.DataFrame:
+    """`features` as the model sees them: text columns as `str` or None (a blank string is
+    missing, as at ingest), every other column float64 with NaN (bool as 1.0/0.0).
+
+    Served logs keep bools as bools (None where missing, so pandas reads them as objects)
+    while training rows hold floats: one form for both makes drift and null share compare
+    like with like.
+    """
+    frame = blank_to_null(frame[list(features)])
+    columns = {}
+    for name in features:
+        column = frame[name]
+        if name in text:
+            columns[name] = column.astype(object).where(column.notna(), None)
+        else:  # pd.NA (a nullable extension column read as objects) has no float()
+            columns[name] = pd.to_numeric(column.where(column.notna(), np.nan)).astype("float64")
+    return pd.DataFrame(columns, index=frame.index)
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,7 @@ class DriftResult:
     rows_current: int
     rows_reference: int
     html: str
+    unjudged: tuple[str, ...] = ()  # all null on one side: the null share speaks for them
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -59,19 +87,35 @@ class DriftResult:
 
 
 def feature_drift(
-    reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numerical: Sequence[str],
+    categorical: Sequence[str],
 ) -> DriftResult:
-    """Evidently's DataDriftPreset of `current` against `reference` on `columns`.
+    """Evidently's DataDriftPreset of `current` against `reference`, frames as
+    `model_frame` makes them; the column types are given, not guessed per frame.
 
     Evidently picks the test per column and size (p-values for small samples, distances
-    for large ones); a p-value drifts below its threshold, a distance above it.
+    for large ones); a p-value drifts below its threshold, a distance above it. It leaves
+    nulls out of each test, and refuses a column with no values on one side (measured:
+    "An empty column ... was provided"), so such a column is left unjudged here.
     """
-    from evidently import Report  # slow import (~10 s): only when drift is computed
+    from evidently import DataDefinition, Dataset, Report  # slow import (~10 s)
     from evidently.presets import DataDriftPreset
 
-    snapshot = Report([DataDriftPreset(columns=columns)]).run(
-        current[columns].reset_index(drop=True), reference[columns].reset_index(drop=True)
+    order = [*numerical, *categorical]
+    judged = [c for c in order if current[c].notna().any() and reference[c].notna().any()]
+    if not judged:
+        return DriftResult((), 0.0, len(current), len(reference), "", tuple(order))
+    definition = DataDefinition(
+        numerical_columns=[c for c in numerical if c in judged],
+        categorical_columns=[c for c in categorical if c in judged],
     )
+
+    def dataset(frame: pd.DataFrame) -> Dataset:
+        return Dataset.from_pandas(frame[judged].reset_index(drop=True), definition)
+
+    snapshot = Report([DataDriftPreset(columns=judged)]).run(dataset(current), dataset(reference))
     results = []
     for metric in snapshot.dict()["metrics"]:
         config = metric["config"]
@@ -80,45 +124,259 @@ def feature_drift(
         method, score, threshold = config["method"], float(metric["value"]), config["threshold"]
         drifted = score < threshold if "p_value" in method else score > threshold
         results.append(ColumnDrift(config["column"], method, score, threshold, drifted))
-    results.sort(key=lambda c: columns.index(c.column))
+    results.sort(key=lambda c: order.index(c.column))
     share = sum(c.drifted for c in results) / len(results) if results else 0.0
     return DriftResult(
-        tuple(results), share, len(current), len(reference), snapshot.get_html_str(False)
+        tuple(results),
+        share,
+        len(current),
+        len(reference),
+        snapshot.get_html_str(False),
+        tuple(c for c in order if c not in judged),
     )
+
+
+@dataclass(frozen=True)
+class NullShares:
+    """Share of missing values per feature in training and in served traffic."""
+
+    training: dict[str, float]
+    served: dict[str, float]
+    tolerance: float
+
+    @property
+    def jumps(self) -> list[str]:
+        """Features whose served null share exceeds training's by more than the tolerance."""
+        return [c for c, share in self.served.items() if share > self.training[c] + self.tolerance]
+
+
+def null_shares(
+    training: pd.DataFrame, served: pd.DataFrame, columns: Sequence[str], tolerance: float
+) -> NullShares:
+    """Null share per column of both frames (as `model_frame` makes them)."""
+
+    def shares(frame: pd.DataFrame) -> dict[str, float]:
+        return {c: float(frame[c].isna().mean()) if len(frame) else 0.0 for c in columns}
+
+    return NullShares(shares(training), shares(served), tolerance)
+
+
+def landed_labels(
+    store: BatchStore, id_columns: Sequence[str], target: str, since: float
+) -> pd.DataFrame:
+    """Labels of the batches accepted at or after `since` (epoch seconds), keyed by id.
+
+    One row per labelled row and id column: `id` (as a string, as serving logs it), `at`
+    (when the batch was accepted: the label was known then), `label` (a string) and `key`
+    (the batch row, so a row with two id columns is one label). Batches without an id
+    column (landed before ids were configured) have nothing to join.
+    """
+    parts = []
+    for batch in store.keys():  # noqa: SIM118 - a BatchStore, not a dict
+        path = store.path(batch)
+        accepted = path.stat().st_mtime
+        if accepted < since:
+            continue
+        present = [c for c in id_columns if c in pq.read_schema(path).names]
+        if not present:
+            continue
+        rows = pd.read_parquet(path, columns=[*present, target]).dropna(subset=[target])
+        for column in present:
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "id": _id_strings(rows[column]),
+                        "at": pd.Timestamp(accepted, unit="s", tz="UTC"),
+                        "label": rows[target].astype(str),
+                        "key": [f"{batch}:{i}" for i in rows.index],
+                    }
+                ).dropna(subset=["id"])
+            )
+    if not parts:
+        return pd.DataFrame(columns=["id", "at", "label", "key"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _id_strings(column: pd.Series) -> pd.Series:
+    """Ids as the strings serving echoes: 17, not 17.0, for an integer id stored as float."""
+    values = column.dropna()
+    if pd.api.types.is_float_dtype(column) and np.all(values == np.round(values)):
+        column = column.astype("Int64")
+    return (
+        column.astype(object)
+        .where(column.notna(), None)
+        .map(lambda v: None if v is None else str(v))
+    )
+
+
+@dataclass(frozen=True)
+class LabelJoin:
+    """Predictions with their ground truth (`label`, and `label_source`: which source it
+    came from), in prediction time order, and how many labels matched no prediction."""
+
+    rows: pd.DataFrame
+    unmatched: int
+
+
+def join_labels(predictions: pd.DataFrame, sources: Mapping[str, pd.DataFrame]) -> LabelJoin:
+    """Join labels (`request_id`, `id`, `at`, `label`; a missing column is null) to served
+    predictions.
+
+    A label with a `request_id` labels that request's predictions. A label with only an
+    `id` labels the most recent prediction served with that id at or before the label's
+    time: a business id can be scored again later, and the label answers the decision that
+    stood when it was known. Each prediction keeps one label: one from an earlier source in
+    `sources` wins, then the earliest. A label that matches no prediction in `predictions`
+    (an id never served, or served before the window read) is counted, never an error.
+    """
+    parts = [_ranked(rank, name, f) for rank, (name, f) in enumerate(sources.items()) if len(f)]
+    labels = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if labels.empty or predictions.empty:
+        empty = predictions.iloc[0:0].assign(
+            label=pd.Series(dtype=str), label_source=pd.Series(dtype=str)
+        )
+        return LabelJoin(empty, len(_identities(labels)))
+    served = _with(predictions, ("request_id", "id")).reset_index(drop=True)
+    served = served.assign(_row=np.arange(len(served)), _at=_utc(served["at"]))
+    labels = labels.assign(_at=_utc(labels["at"]))
+    by_request = labels[labels["request_id"].notna()].merge(
+        served[["_row", "request_id"]], on="request_id"
+    )
+    keyed = labels[labels["request_id"].isna() & labels["id"].notna()]
+    with_id = served[served["id"].notna()]
+    if keyed.empty or with_id.empty:
+        by_id = by_request.iloc[0:0]
+    else:
+        by_id = pd.merge_asof(
+            keyed.drop(columns=["request_id"]).sort_values("_at"),
+            with_id[["_row", "id", "_at"]].sort_values("_at"),
+            on="_at",
+            by="id",
+            direction="backward",
+        ).dropna(subset=["_row"])
+    matches = pd.concat([by_request, by_id], ignore_index=True)
+    unmatched = len(_identities(labels)) - len(_identities(matches))
+    first = matches.sort_values(["_rank", "_at"], kind="stable").drop_duplicates("_row")
+    first = first.assign(_row=first["_row"].astype(int))[["_row", "label", "source"]]
+    joined = served.merge(first.rename(columns={"source": "label_source"}), on="_row")
+    joined = joined.sort_values("_at", kind="stable").drop(columns=["_row", "_at"])
+    return LabelJoin(joined.reset_index(drop=True), unmatched)
+
+
+def join_feedback(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with their later feedback (by request id or id), in prediction time order."""
+    return join_labels(predictions, {"feedback": feedback}).rows
+
+
+def _ranked(rank: int, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """One source's labels with its rank and name, each with a `key` (its row unless the
+    source gives one: a batch row stands behind one entry per id column)."""
+    frame = _with(frame, ("request_id", "id", "key")).reset_index(drop=True)
+    key = frame["key"].where(frame["key"].notna(), frame.index.astype(str))
+    return frame.assign(key=key, _rank=rank, source=name)
+
+
+def _with(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """`frame` with each of `columns` it lacks, all null (logs written before they existed)."""
+    return frame.assign(**{c: None for c in columns if c not in frame.columns})
+
+
+def _utc(at: pd.Series) -> pd.Series:
+    """One timestamp unit for both sides: merge_asof refuses keys of different resolutions."""
+    return pd.to_datetime(at, utc=True).astype("datetime64[ns, UTC]")
+
+
+def _identities(labels: pd.DataFrame) -> set[tuple[int, str]]:
+    return set(zip(labels["_rank"], labels["key"], strict=True)) if len(labels) else set()
+
+
+def probability_matrix(rows: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """Class probabilities per logged prediction (columns in `classes` order); NaN rows
+    where the log cannot tell.
+
+    Logs written before `probabilities` existed hold only the predicted class's
+    probability, which determines both for two classes and not for more.
+    """
+    out = np.full((len(rows), len(classes)), np.nan)
+    logged = _with(rows, ("probabilities",))["probabilities"].tolist()
+    predicted = rows["prediction"].astype(str).tolist()
+    top = rows["probability"].to_numpy(dtype=float)
+    for i, probabilities in enumerate(logged):
+        # NaN, not None, where pandas aligned a file written before the column existed
+        if isinstance(probabilities, list | np.ndarray) and len(probabilities) == len(classes):
+            out[i] = probabilities
+        elif len(classes) == 2 and predicted[i] in classes:
+            chosen = classes.index(predicted[i])
+            out[i, chosen], out[i, 1 - chosen] = top[i], 1 - top[i]
+    return out
+
+
+def score(metric: Metric, rows: pd.DataFrame, classes: Sequence[str]) -> float:
+    """`metric` on labelled rows; NaN where it is not defined (no rows with known
+    probabilities and labels, or a metric such as ROC AUC on labels of one class)."""
+    probabilities = probability_matrix(rows, classes)
+    labels = rows["label"].astype(str)
+    usable = np.isfinite(probabilities).all(axis=1) & labels.isin(classes).to_numpy()
+    if not usable.any():
+        return math.nan
+    try:
+        return float(metric.score(labels[usable].tolist(), probabilities[usable], classes))
+    except ValueError:  # Metric.score's answer where it is undefined (one class for AUC)
+        return math.nan
+
+
+def accuracy(rows: pd.DataFrame) -> float:
+    """Share of served decisions that the label confirms."""
+    if rows.empty:
+        return math.nan
+    return float((rows["prediction"].astype(str) == rows["label"].astype(str)).mean())
 
 
 @dataclass(frozen=True)
 class Quality:
     model_version: str
     count: int
+    metric: str  # the primary metric
+    score: float
     accuracy: float
-    log_loss: float
 
 
-def join_feedback(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
-    """Predictions with their later ground truth, in prediction time order."""
-    if predictions.empty or feedback.empty:
-        return predictions.iloc[0:0].assign(label=pd.Series(dtype=str))
-    labels = feedback.drop_duplicates("request_id", keep="last")[["request_id", "label"]]
-    joined = predictions.merge(labels, on="request_id", how="inner")
-    return joined.sort_values("at", kind="stable").reset_index(drop=True)
+def live_quality(joined: pd.DataFrame, metric: Metric, classes: Sequence[str]) -> list[Quality]:
+    """The primary metric and accuracy per model version from predictions joined to labels."""
+    if joined.empty:  # no labelled predictions, perhaps no predictions (and no columns)
+        return []
+    return [
+        Quality(str(version), len(rows), metric.name, score(metric, rows, classes), accuracy(rows))
+        for version, rows in joined.groupby("model_version", sort=True)
+    ]
 
 
-def live_quality(joined: pd.DataFrame) -> list[Quality]:
-    """Accuracy and binary log-loss per model version from predictions joined to labels.
+@dataclass(frozen=True)
+class QualityDrop:
+    """How much worse the labelled predictions after a change point are than before it."""
 
-    The log records the probability of the predicted class, so the probability of the true
-    label is p when the prediction was right and 1 - p when it was wrong (two classes).
+    metric: str
+    before: float
+    after: float
+    drop: float  # > 0: worse after, in the metric's own direction; NaN if not measurable
+
+
+def quality_drop(
+    rows: pd.DataFrame, change_at: int, metric: Metric, classes: Sequence[str]
+) -> QualityDrop:
+    """The drop at `change_at` (a row of `rows`, in time order) in the primary metric.
+
+    Accuracy answers when the primary metric cannot be computed on both segments (ROC AUC
+    of a segment whose labels are one class, a log without probabilities): a drop the
+    sensor cannot read would hide the change.
     """
-    out = []
-    for version, rows in joined.groupby("model_version", sort=True):
-        correct = (rows["prediction"].astype(str) == rows["label"].astype(str)).to_numpy()
-        p = rows["probability"].to_numpy(dtype=float)
-        p_true = np.clip(np.where(correct, p, 1 - p), 1e-15, 1)
-        out.append(
-            Quality(str(version), len(rows), float(correct.mean()), float(-np.log(p_true).mean()))
-        )
-    return out
+    before, after = rows.iloc[:change_at], rows.iloc[change_at:]
+    primary = score(metric, before, classes), score(metric, after, classes)
+    if all(math.isfinite(value) for value in primary):
+        # gain(new, old) > 0 when `new` is better: before better than after is a drop
+        return QualityDrop(metric.name, *primary, metric.gain(*primary))
+    old, new = accuracy(before), accuracy(after)
+    return QualityDrop("accuracy", old, new, old - new)
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from driftloop.registry import CHALLENGER, TAG_DECISION, Registry
+from driftloop.metrics import Metric, metric_named
+from driftloop.registry import (
+    CANDIDATE,
+    CHALLENGER,
+    TAG_DECISION,
+    TAG_QUEUED,
+    AliasConflict,
+    Registry,
+)
 from driftloop.training import Evaluation
 
 Policy = Literal["auto", "manual", "canary"]
+
+# The gate's action for a passing version that waits for the running canary to end.
+QUEUED_ACTION = "queued as @candidate behind the running canary"
 
 # Below this many rows the "recent" slice is too noisy to decide on; use the whole holdout.
 MIN_RECENT_ROWS = 50
@@ -19,12 +30,13 @@ class GateDecision:
     promote: bool
     reason: str
     basis: Literal["recent", "holdout"]
+    metric: str
     challenger_version: str
-    challenger_score: float
+    challenger_score: float | None
     champion_version: str | None
     champion_score: float | None
     margin: float
-    floor: float
+    floor: float | None
     applied: bool = False
     action: str = "no change"
 
@@ -36,45 +48,78 @@ class GateDecision:
         return {f"{TAG_DECISION}.{k}": str(v) for k, v in asdict(self).items()}
 
 
+def floor_of(metric: Metric, configured: float | None) -> float | None:
+    """The bar a first champion must pass: `DRIFTLOOP_PROMOTION_FLOOR` if set, else the
+    metric's own default (none for PR AUC, F1 and log loss, whose chance level depends on
+    the data). For a lower-is-better metric (log loss) the floor is a ceiling."""
+    return configured if configured is not None else metric.default_floor
+
+
 def decide(
     challenger_version: str,
     challenger: tuple[Evaluation, Evaluation | None],
     champion_version: str | None,
     champion: tuple[Evaluation, Evaluation | None] | None,
     margin: float,
-    floor: float,
+    floor: float | None,
 ) -> GateDecision:
-    """Each side is (holdout, recent); recent data decides when there is enough of it."""
+    """Each side is (holdout, recent), scored with the same primary metric; recent data
+    decides when there is enough of it and the metric is defined on it.
+
+    `margin` and `floor` are in the metric's units: the challenger must gain at least
+    `margin` in the metric's direction (lower log loss, higher ROC AUC) and not be worse
+    than `floor` (a ceiling for a lower-is-better metric); `floor=None` sets no bar.
+    """
     challenger_holdout, challenger_recent = challenger
-    common = {"challenger_version": challenger_version, "margin": margin, "floor": floor}
+    metric = metric_named(challenger_holdout.metric)
+    name, ours_holdout = metric.name, challenger_holdout.value
+    common = {
+        "challenger_version": challenger_version,
+        "metric": name,
+        "margin": margin,
+        "floor": floor,
+    }
     if champion_version == challenger_version:
         return GateDecision(
             promote=False,
             reason=f"v{challenger_version} is already the champion",
             basis="holdout",
-            challenger_score=challenger_holdout.accuracy,
+            challenger_score=ours_holdout,
             champion_version=champion_version,
-            champion_score=challenger_holdout.accuracy,
+            champion_score=ours_holdout,
             **common,
         )
-    if challenger_holdout.accuracy < floor:
+    champion_holdout_score = champion[0].value if champion else None
+    if ours_holdout is None:
         return GateDecision(
             promote=False,
-            reason=f"holdout accuracy {challenger_holdout.accuracy:.4f} is below "
-            f"the floor {floor:.4f}",
+            reason=f"holdout {name} is not defined on {challenger_holdout.rows} rows "
+            "(the holdout lacks a class)",
             basis="holdout",
-            challenger_score=challenger_holdout.accuracy,
+            challenger_score=None,
             champion_version=champion_version,
-            champion_score=champion[0].accuracy if champion else None,
+            champion_score=champion_holdout_score,
+            **common,
+        )
+    if floor is not None and metric.gain(ours_holdout, floor) < 0:
+        bar = "floor" if metric.greater_is_better else "ceiling"
+        side = "below" if metric.greater_is_better else "above"
+        return GateDecision(
+            promote=False,
+            reason=f"holdout {name} {ours_holdout:.4f} is {side} the {bar} {floor:.4f}",
+            basis="holdout",
+            challenger_score=ours_holdout,
+            champion_version=champion_version,
+            champion_score=champion_holdout_score,
             **common,
         )
     if champion is None or champion_version is None:
+        passes = "sets no floor" if floor is None else f"passes the floor {floor:.4f}"
         return GateDecision(
             promote=True,
-            reason=f"first model: holdout accuracy {challenger_holdout.accuracy:.4f} "
-            f"passes the floor {floor:.4f}",
+            reason=f"first model: holdout {name} {ours_holdout:.4f} {passes}",
             basis="holdout",
-            challenger_score=challenger_holdout.accuracy,
+            challenger_score=ours_holdout,
             champion_version=None,
             champion_score=None,
             **common,
@@ -84,23 +129,27 @@ def decide(
         challenger_recent is not None
         and champion_recent is not None
         and challenger_recent.rows >= MIN_RECENT_ROWS
+        and challenger_recent.value is not None
+        and champion_recent.value is not None
     ):
         basis, ours, theirs = "recent", challenger_recent, champion_recent
     else:
         basis, ours, theirs = "holdout", challenger_holdout, champion_holdout
-    gain = ours.accuracy - theirs.accuracy
-    promote = gain >= margin
+    # Both sides were scored on the same rows, so a metric defined for one is for the other.
+    mine, reigning = float(ours.value), float(theirs.value)  # type: ignore[arg-type]
+    gain = metric.gain(mine, reigning)
+    better = "higher" if metric.greater_is_better else "lower"
     comparison = (
-        f"{basis} accuracy {ours.accuracy:.4f} vs champion v{champion_version} "
-        f"{theirs.accuracy:.4f} on {ours.rows} rows (gain {gain:+.4f}, margin {margin:.4f})"
+        f"{basis} {name} {mine:.4f} vs champion v{champion_version} {reigning:.4f} "
+        f"on {ours.rows} rows (gain {gain:+.4f}, margin {margin:.4f}, {better} is better)"
     )
     return GateDecision(
-        promote=promote,
+        promote=gain >= margin,
         reason=comparison,
         basis=basis,
-        challenger_score=ours.accuracy,
+        challenger_score=mine,
         champion_version=champion_version,
-        champion_score=theirs.accuracy,
+        champion_score=reigning,
         **common,
     )
 
@@ -108,22 +157,37 @@ def decide(
 def apply(decision: GateDecision, registry: Registry, policy: Policy) -> GateDecision:
     """Act on the decision as the policy says; always record it on the version.
 
-    `auto` promotes now; `manual` leaves it to `driftloop promote`; `canary` leaves a
-    passing challenger to the live canary analysis (the first model has nothing to be
-    compared with live, so it is promoted) and withdraws a failing one's `@challenger`.
+    The version is `@candidate` until here, and only a pass moves it: `auto` promotes now
+    (if the champion is still the one it was judged against); `manual` leaves it
+    `@candidate` for `driftloop promote`; `canary` hands it to the live canary as
+    `@challenger` (the first model has nothing to be compared with live, so it is
+    promoted). A retrain that passes while another version's canary runs never touches
+    `@challenger`: it stays `@candidate`, queued, and takes `@challenger` when that canary
+    ends (the newest queued version wins). A failing version leaves `@candidate`.
     """
+    version = decision.challenger_version
     applied, action = False, "no change"
     first_model = decision.champion_version is None
     if decision.promote and (policy == "auto" or (policy == "canary" and first_model)):
-        registry.promote(decision.challenger_version)
-        applied, action = True, "applied"
+        try:
+            registry.promote(version, expected_champion=decision.champion_version)
+            applied, action = True, "applied"
+        except AliasConflict as error:  # the champion moved while the gate judged
+            action = f"not applied: {error}"
     elif decision.promote and policy == "canary":
-        action = "handed to the canary analysis"
+        # Queued first: a canary ending meanwhile then finds it (both moves are serialised).
+        registry.set_tags(version, {TAG_QUEUED: f"passed the gate vs v{decision.champion_version}"})
+        moved = registry.to_challenger(version)
+        holder = moved.after.get(CHALLENGER)
+        if holder == version:
+            action = "handed to the canary analysis"
+        else:
+            action = f"{QUEUED_ACTION} of v{holder}"
     elif decision.promote:
-        action = "recommended: run `driftloop promote`"
-    elif policy == "canary":
-        registry.delete_alias(CHALLENGER)
-        action = "withdrawn from @challenger"
+        action = f"recommended: run `driftloop promote {version}`"
+    else:
+        registry.delete_alias(CANDIDATE, expected=version)
+        action = "withdrawn from @candidate"
     decision = GateDecision(**{**asdict(decision), "applied": applied, "action": action})
-    registry.set_tags(decision.challenger_version, decision.as_tags())
+    registry.set_tags(version, decision.as_tags())
     return decision

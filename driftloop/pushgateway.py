@@ -1,9 +1,10 @@
 """Monitoring numbers as Prometheus gauges, pushed to a Pushgateway.
 
-Drift share and live accuracy are computed by Dagster runs that come and go, so Prometheus
-cannot scrape them; the Pushgateway keeps each monitor's last values for it (Prometheus'
-documented pattern for batch jobs). One group per monitor, so the two never overwrite each
-other.
+Drift share, null share and live quality are computed by Dagster runs that come and go, so
+Prometheus cannot scrape them; the Pushgateway keeps each monitor's last values for it
+(Prometheus' documented pattern for batch jobs). One group per monitor, so the two never
+overwrite each other; a push replaces its whole group, so each monitor pushes all of its
+gauges at once.
 """
 
 from __future__ import annotations
@@ -14,29 +15,51 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 JOB = "driftloop"
 DRIFT_SHARE = "driftloop_drift_share"
+NULL_SHARE = "driftloop_null_share"
 LIVE_ACCURACY = "driftloop_live_accuracy"
+LIVE_METRIC = "driftloop_live_metric"
 
 
-def push_drift_share(url: str, share: float) -> None:
+def push_feature_drift(url: str, share: float, null_share: Mapping[str, float]) -> None:
+    """The drift monitor's verdict: drifted share of features, null share per feature."""
     registry = CollectorRegistry()
     Gauge(
         DRIFT_SHARE,
         "Share of features Evidently finds drifted in recent traffic.",
         registry=registry,
     ).set(share)
+    nulls = Gauge(
+        NULL_SHARE,
+        "Share of recent served values that are missing, per feature.",
+        ["feature"],
+        registry=registry,
+    )
+    for feature, value in null_share.items():
+        nulls.labels(feature).set(value)
     _push(url, "feature_drift", registry)
 
 
-def push_live_accuracy(url: str, accuracy_by_version: Mapping[str, float]) -> None:
+def push_live_quality(
+    url: str, metric: str, accuracy: Mapping[str, float], score: Mapping[str, float]
+) -> None:
+    """Accuracy and the primary metric (`metric`) per model version."""
     registry = CollectorRegistry()
-    gauge = Gauge(
+    accuracies = Gauge(
         LIVE_ACCURACY,
         "Accuracy of served predictions against later feedback, per model version.",
         ["model_version"],
         registry=registry,
     )
-    for version, accuracy in accuracy_by_version.items():
-        gauge.labels(version).set(accuracy)
+    for version, value in accuracy.items():
+        accuracies.labels(version).set(value)
+    scores = Gauge(
+        LIVE_METRIC,
+        "The primary metric of served predictions against later feedback, per model version.",
+        ["model_version", "metric"],
+        registry=registry,
+    )
+    for version, value in score.items():
+        scores.labels(version, metric).set(value)
     _push(url, "live_quality", registry)
 
 

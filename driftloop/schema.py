@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,11 +23,54 @@ MAX_CATEGORICAL_CODES = 32
 
 @dataclass(frozen=True)
 class FeatureSpec:
+    """One model input. `null_share` is what the schema's first batch had, so later batches
+    are judged against the data the model was built for, not against zero."""
+
     name: str
     kind: Literal["numeric", "categorical"]
-    dtype: Literal["int", "float", "str"]
+    dtype: Literal["int", "float", "str", "bool"]
     min: float | None = None
     max: float | None = None
+    nullable: bool = False
+    null_share: float = 0.0
+
+
+Role = Literal["id", "timestamp", "ignored", "identifier-like", "constant", "datetime"]
+# Roles whose columns are stored with the batch (joins by business id, ordering by time);
+# the other excluded columns are dropped at ingest.
+KEPT_ROLES = ("id", "timestamp")
+
+
+@dataclass(frozen=True)
+class ExcludedColumn:
+    """A column that is not a feature, and why (shown in `status` and the Dagster UI)."""
+
+    name: str
+    role: Role
+    reason: str
+
+
+@dataclass(frozen=True)
+class ColumnRules:
+    """How columns get their roles: the configured ones, then inference for the rest."""
+
+    id_columns: tuple[str, ...] = ()
+    timestamp_column: str | None = None
+    ignore_columns: tuple[str, ...] = ()
+    id_unique_share: float = 0.9
+    max_categories: int = 50
+    metric: str | None = None
+
+
+@dataclass(frozen=True)
+class NullPolicy:
+    """A batch's null share per column may exceed the schema's by `tolerance`, never `cap`."""
+
+    cap: float = 0.5
+    tolerance: float = 0.1
+
+    def allowed(self, spec: FeatureSpec) -> float:
+        return min(self.cap, spec.null_share + self.tolerance)
 
 
 @dataclass(frozen=True)
@@ -34,6 +78,12 @@ class DatasetSchema:
     target: str
     labels: tuple[Any, ...]
     features: tuple[FeatureSpec, ...]
+    task: Literal["binary", "multiclass"] = "binary"
+    metric: str = "accuracy"
+    id_columns: tuple[str, ...] = ()
+    timestamp_column: str | None = None
+    excluded: tuple[ExcludedColumn, ...] = ()
+    max_categories: int = 50
 
     @property
     def feature_names(self) -> list[str]:
@@ -47,6 +97,15 @@ class DatasetSchema:
     def categorical(self) -> list[str]:
         return [f.name for f in self.features if f.kind == "categorical"]
 
+    @property
+    def nullable_features(self) -> list[str]:
+        return [f.name for f in self.features if f.nullable]
+
+    @property
+    def kept_columns(self) -> list[str]:
+        """Non-feature columns stored with each batch: business ids and the timestamp."""
+        return [c.name for c in self.excluded if c.role in KEPT_ROLES]
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=_json_scalar)
 
@@ -57,6 +116,12 @@ class DatasetSchema:
             target=raw["target"],
             labels=tuple(raw["labels"]),
             features=tuple(FeatureSpec(**f) for f in raw["features"]),
+            task=raw.get("task", "binary" if len(raw["labels"]) == 2 else "multiclass"),
+            metric=raw.get("metric", "accuracy"),
+            id_columns=tuple(raw.get("id_columns", ())),
+            timestamp_column=raw.get("timestamp_column"),
+            excluded=tuple(ExcludedColumn(**c) for c in raw.get("excluded", ())),
+            max_categories=raw.get("max_categories", 50),
         )
 
 
@@ -71,6 +136,10 @@ class CheckOutcome:
 
 
 CHECK_NAMES = ("schema", "nulls", "ranges", "label_set", "min_rows")
+# A text column needs this many values before "nearly all distinct" means an identifier.
+MIN_ROWS_FOR_IDENTIFIER = 20
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?")
+_ID_NAME = re.compile(r"(^|[_\s.-])id$", re.IGNORECASE)
 
 
 def _json_scalar(value: Any) -> Any:
@@ -79,30 +148,122 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {value!r}")
 
 
-def infer_schema(frame: pd.DataFrame, target: str) -> DatasetSchema:
-    """Infer a schema from a first batch; non-negative numeric columns must stay non-negative."""
+def blank_to_null(frame: pd.DataFrame) -> pd.DataFrame:
+    """Empty or whitespace-only strings are missing values, as a form left blank is."""
+    out = frame.copy()
+    for name in out.columns:
+        column = out[name]
+        if column.dtype == object or pd.api.types.is_string_dtype(column):
+            blank = column.map(lambda v: isinstance(v, str) and not v.strip())
+            if blank.any():
+                out[name] = column.mask(blank, None)
+    return out
+
+
+def infer_schema(
+    frame: pd.DataFrame, target: str, rules: ColumnRules = ColumnRules()
+) -> DatasetSchema:
+    """Infer a schema from a first batch: column roles, feature types, null shares, the
+    task and the primary metric. Non-negative numeric columns must stay non-negative."""
+    from driftloop.metrics import default_metric, metric_named
+
     if target not in frame.columns:
         raise ValueError(f"target column {target!r} is missing (columns: {list(frame.columns)})")
+    for configured in (*rules.id_columns, *rules.ignore_columns, rules.timestamp_column):
+        if configured is not None and configured not in frame.columns:
+            raise ValueError(f"configured column {configured!r} is not in the file")
     labels = frame[target].dropna().unique().tolist()
     if len(labels) < 2:
         raise ValueError(f"target column {target!r} needs at least two classes, found {labels}")
-    features = []
+    features: list[FeatureSpec] = []
+    excluded: list[ExcludedColumn] = []
     for name in frame.columns:
         if name == target:
             continue
-        column = frame[name]
-        if pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
-            features.append(FeatureSpec(name, "categorical", "str"))
-        elif pd.api.types.is_integer_dtype(column):
-            kind = "categorical" if column.nunique() <= MAX_CATEGORICAL_CODES else "numeric"
-            features.append(FeatureSpec(name, kind, "int", min=_floor(column)))
+        role = _role(frame[name], name, rules)
+        if role is not None:
+            excluded.append(ExcludedColumn(name, *role))
         else:
-            features.append(FeatureSpec(name, "numeric", "float", min=_floor(column)))
-    return DatasetSchema(target=target, labels=tuple(sorted(labels)), features=tuple(features))
+            features.append(_feature(frame[name], name))
+    if not features:
+        raise ValueError("no feature columns left after excluding ids, timestamps and constants")
+    task = "binary" if len(labels) == 2 else "multiclass"
+    counts = {str(k): int(v) for k, v in frame[target].value_counts().items()}
+    metric = rules.metric or default_metric(task, counts)
+    metric_named(metric)  # a misspelt DRIFTLOOP_METRIC fails here, with the choices named
+    return DatasetSchema(
+        target=target,
+        labels=tuple(sorted(_python_scalar(v) for v in labels)),
+        features=tuple(features),
+        task=task,
+        metric=metric,
+        id_columns=tuple(rules.id_columns),
+        timestamp_column=rules.timestamp_column,
+        excluded=tuple(excluded),
+        max_categories=rules.max_categories,
+    )
 
 
-def _floor(column: pd.Series) -> float | None:
-    return 0.0 if column.min() >= 0 else None
+def _role(column: pd.Series, name: str, rules: ColumnRules) -> tuple[Role, str] | None:
+    """Why `column` is not a feature, or None when it is one."""
+    if name in rules.id_columns:
+        return "id", "configured as a business id (DRIFTLOOP_ID_COLUMNS)"
+    if name == rules.timestamp_column:
+        return "timestamp", "configured as the timestamp (DRIFTLOOP_TIMESTAMP_COLUMN)"
+    if name in rules.ignore_columns:
+        return "ignored", "configured to ignore (DRIFTLOOP_IGNORE_COLUMNS)"
+    values = column.dropna()
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return "datetime", "dates and times are not features"
+    if values.nunique() <= 1:
+        return "constant", "one value (or none) in the first batch: nothing to learn from"
+    text = _is_text(column)
+    if text and values.astype(str).str.match(_ISO_DATE).mean() >= 0.95:
+        return "datetime", "ISO dates and times are not features"
+    if len(values) >= MIN_ROWS_FOR_IDENTIFIER:
+        unique_share = values.nunique() / len(values)
+        if text and unique_share > rules.id_unique_share:
+            return (
+                "identifier-like",
+                f"{unique_share:.0%} of its values are distinct (free text or an id)",
+            )
+        if _ID_NAME.search(name) and pd.api.types.is_integer_dtype(column) and unique_share == 1:
+            return "identifier-like", "named like an id and every value is distinct"
+    return None
+
+
+def _is_text(column: pd.Series) -> bool:
+    return not _is_bool(column) and not pd.api.types.is_numeric_dtype(column)
+
+
+def _is_bool(column: pd.Series) -> bool:
+    """A bool column, also with nulls (Parquet and CSV then give object dtype)."""
+    if pd.api.types.is_bool_dtype(column):
+        return True
+    values = column.dropna()
+    return column.dtype == object and len(values) > 0 and values.map(type).eq(bool).all()
+
+
+def _feature(column: pd.Series, name: str) -> FeatureSpec:
+    nulls = float(column.isna().mean())
+    common = {"nullable": nulls > 0, "null_share": round(nulls, 6)}
+    if _is_bool(column):
+        return FeatureSpec(name, "numeric", "bool", **common)
+    if not pd.api.types.is_numeric_dtype(column):
+        return FeatureSpec(name, "categorical", "str", **common)
+    values = column.dropna()
+    # An integer column with gaps reads as float (NaN has no integer): still integers.
+    integral = pd.api.types.is_integer_dtype(column) or (
+        nulls > 0 and bool(np.all(values == np.round(values)))
+    )
+    if integral:
+        kind = "categorical" if values.nunique() <= MAX_CATEGORICAL_CODES else "numeric"
+        return FeatureSpec(name, kind, "int", min=_floor(values), **common)
+    return FeatureSpec(name, "numeric", "float", min=_floor(values), **common)
+
+
+def _floor(values: pd.Series) -> float | None:
+    return 0.0 if len(values) and values.min() >= 0 else None
 
 
 def load_schema(path: Path) -> DatasetSchema | None:
@@ -124,11 +285,13 @@ def save_schema_once(schema: DatasetSchema, path: Path) -> DatasetSchema:
     return schema
 
 
-def validate_batch(frame: pd.DataFrame, schema: DatasetSchema, min_rows: int) -> list[CheckOutcome]:
+def validate_batch(
+    frame: pd.DataFrame, schema: DatasetSchema, min_rows: int, nulls: NullPolicy = NullPolicy()
+) -> list[CheckOutcome]:
     """Run every rule; later rules only look at columns the schema rule accepted."""
     outcomes = [_check_schema(frame, schema)]
     present = [f for f in schema.features if f.name in frame.columns]
-    outcomes.append(_check_nulls(frame, schema, present))
+    outcomes.append(_check_nulls(frame, schema, present, nulls))
     outcomes.append(_check_ranges(frame, present))
     outcomes.append(_check_labels(frame, schema))
     outcomes.append(
@@ -143,9 +306,11 @@ def validate_batch(frame: pd.DataFrame, schema: DatasetSchema, min_rows: int) ->
 
 
 def _check_schema(frame: pd.DataFrame, schema: DatasetSchema) -> CheckOutcome:
+    """Features and target must be there; excluded columns may be, nothing else."""
     expected = {*schema.feature_names, schema.target}
+    optional = {c.name for c in schema.excluded}
     missing = sorted(expected - set(frame.columns))
-    unexpected = sorted(set(frame.columns) - expected)
+    unexpected = sorted(set(frame.columns) - expected - optional)
     wrong_type = [
         f"{f.name} (expected {f.dtype}, got {frame[f.name].dtype})"
         for f in schema.features
@@ -167,27 +332,41 @@ def _check_schema(frame: pd.DataFrame, schema: DatasetSchema) -> CheckOutcome:
 
 
 def _type_fits(column: pd.Series, spec: FeatureSpec) -> bool:
-    if spec.dtype == "str":
+    values = column.dropna()
+    if spec.dtype == "str" or values.empty:  # an all-null column is judged by the null rule
         return True
-    if pd.api.types.is_bool_dtype(column) or not pd.api.types.is_numeric_dtype(column):
+    if spec.dtype == "bool":
+        return _is_bool(column) or bool(
+            pd.api.types.is_numeric_dtype(column) and values.isin([0, 1]).all()
+        )
+    if _is_bool(column) or not pd.api.types.is_numeric_dtype(column):
         return False
     if spec.dtype == "int" and not pd.api.types.is_integer_dtype(column):
-        values = column.dropna()
         return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
     return True
 
 
 def _check_nulls(
-    frame: pd.DataFrame, schema: DatasetSchema, present: list[FeatureSpec]
+    frame: pd.DataFrame, schema: DatasetSchema, present: list[FeatureSpec], policy: NullPolicy
 ) -> CheckOutcome:
-    columns = [f.name for f in present] + ([schema.target] if schema.target in frame else [])
-    nulls = {name: int(frame[name].isna().sum()) for name in columns}
-    with_nulls = {name: count for name, count in nulls.items() if count}
+    """Missing feature values are data up to what the schema's batch had (plus a tolerance,
+    never past the cap); a missing label is not (the row could teach nothing)."""
+    shares = {f.name: float(frame[f.name].isna().mean()) for f in present}
+    over = {
+        f.name: f"{shares[f.name]:.1%} null (schema batch {f.null_share:.1%}, "
+        f"allowed {policy.allowed(f):.1%})"
+        for f in present
+        if shares[f.name] > policy.allowed(f) + 1e-12
+    }
+    if schema.target in frame:
+        missing_labels = int(frame[schema.target].isna().sum())
+        if missing_labels:
+            over[schema.target] = f"{missing_labels} rows without a label"
     return CheckOutcome(
         "nulls",
-        not with_nulls,
-        f"null values in {with_nulls}" if with_nulls else "no null values",
-        {"null_counts": with_nulls},
+        not over,
+        f"too many nulls: {over}" if over else "null shares within tolerance",
+        {"null_shares": {k: round(v, 4) for k, v in shares.items() if v}, "over": over},
     )
 
 
@@ -231,15 +410,43 @@ def _python_scalar(value: Any) -> Any:
 
 
 def conform(frame: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
-    """Order and cast columns to the schema, so every stored batch has identical dtypes."""
+    """The columns the model takes, in schema order and with fixed dtypes (numbers and bools
+    as float64 with NaN, text as str or None), then the target and the kept id/timestamp
+    columns; every stored batch has identical dtypes. Rows are in timestamp order if set."""
     columns = {}
     for spec in schema.features:
         column = frame[spec.name]
         if spec.dtype == "str":
-            columns[spec.name] = column.astype(str)
-        elif spec.dtype == "int":
-            columns[spec.name] = column.astype("int64")
+            columns[spec.name] = column.map(lambda v: None if _is_missing(v) else str(v)).astype(
+                object
+            )
         else:
-            columns[spec.name] = column.astype("float64")
+            columns[spec.name] = pd.to_numeric(column.astype(object), errors="coerce").astype(
+                "float64"
+            )
     columns[schema.target] = frame[schema.target]
-    return pd.DataFrame(columns)
+    for name in schema.kept_columns:
+        if name not in frame.columns:
+            continue
+        if name == schema.timestamp_column:
+            columns[name] = pd.to_datetime(frame[name], utc=True, errors="coerce")
+        else:
+            columns[name] = frame[name].map(_id_text)
+    out = pd.DataFrame(columns)
+    if schema.timestamp_column in out.columns:
+        out = out.sort_values(schema.timestamp_column, kind="stable").reset_index(drop=True)
+    return out
+
+
+def _id_text(value: Any) -> str | None:
+    """An id as text; an integer id read as float because of gaps stays `17`, not `17.0`,
+    so it joins the id a client sent when it was served."""
+    if _is_missing(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA

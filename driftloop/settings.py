@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from driftloop.storage import Folder, is_s3
 
@@ -40,6 +40,39 @@ class Settings(BaseSettings):
     )
 
     target_column: str = "label"
+    metric: str | None = Field(
+        default=None,
+        description="The primary metric (accuracy, balanced_accuracy, roc_auc, pr_auc, f1, "
+        "log_loss); unset chooses one from the task and the label balance.",
+    )
+    id_columns: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Comma-separated business id columns: kept, never features."
+    )
+    timestamp_column: str | None = Field(
+        default=None, description="The column that orders rows; never a feature."
+    )
+    ignore_columns: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Comma-separated columns to leave out of the features."
+    )
+    max_null_share: float = Field(
+        default=0.5, ge=0, le=1, description="Null share above which a column is refused."
+    )
+    null_share_tolerance: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="How far a batch's null share may exceed what the schema's batch saw; "
+        "also how far served traffic's may exceed training's before monitoring reports a jump.",
+    )
+    id_unique_share: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="Share of distinct values above which a text column is an identifier.",
+    )
+    max_categories: int = Field(
+        default=50, ge=2, le=250, description="Levels kept per categorical feature."
+    )
     model_name: str = "driftloop"
     min_rows: int = Field(default=200, ge=1, description="Smallest batch or dataset accepted.")
     holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9)
@@ -63,10 +96,15 @@ class Settings(BaseSettings):
         default=0.002,
         ge=-1,
         le=1,
-        description="Accuracy gain to promote; negative lets a slightly worse one through.",
+        description="Gain in the primary metric (its units, its direction) to promote; "
+        "negative lets a slightly worse one through.",
     )
-    promotion_floor: float = Field(
-        default=0.6, ge=0, le=1, description="Holdout accuracy the first champion must reach."
+    promotion_floor: float | None = Field(
+        default=None,
+        ge=0,
+        description="Holdout bar, in the primary metric's units, the first champion must pass; "
+        "unset: the metric's default (0.6 for accuracy, balanced_accuracy, roc_auc; none for "
+        "pr_auc, f1, log_loss); a ceiling for log_loss.",
     )
 
     schedule_cron: str = "0 2 * * *"
@@ -117,7 +155,11 @@ class Settings(BaseSettings):
         default=0.3, gt=0, le=1, description="Share of drifted features that confirms drift."
     )
     quality_drop_threshold: float = Field(
-        default=0.05, gt=0, le=1, description="Accuracy drop after a change point that counts."
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Drop in the primary metric (signed by its direction; accuracy where it "
+        "cannot be computed) after a change point that counts.",
     )
     retrain_min_rows: int = Field(
         default=1000,
@@ -134,11 +176,23 @@ class Settings(BaseSettings):
     canary_steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
     canary_min_samples: int = Field(default=100, ge=2, description="Outcomes per arm to judge.")
     canary_max_samples: int = Field(default=5_000, ge=2)
-    canary_margin: float = Field(default=0.02, ge=0, le=1)
+    canary_margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Non-inferiority margin in the primary metric's units.",
+    )
     canary_confidence: float = Field(default=0.95, gt=0, lt=1)
     canary_max_p99_ms: float = Field(
         default=250.0, gt=0, description="Challenger p99 latency that rolls it back."
     )
+
+    @field_validator("id_columns", "ignore_columns", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("home")
     @classmethod
@@ -217,6 +271,17 @@ class Settings(BaseSettings):
     @property
     def _serving_log(self) -> Folder:
         return Folder(self.prediction_log_dir or self.home / "predictions", self.s3_endpoint_url)
+
+    # Landing-zone limits (issue 13, item 4): checked from the listing and the Parquet footer
+    # before a file is read, so one huge or decompression-bomb file cannot exhaust memory.
+    max_file_bytes: int = Field(
+        default=512 * 2**20, gt=0, description="Largest landed file read (bytes on disk)."
+    )
+    max_table_bytes: int = Field(
+        default=2 * 2**30,
+        gt=0,
+        description="Largest table a landed Parquet file may decode to (bytes, from its footer).",
+    )
 
 
 def load_settings() -> Settings:

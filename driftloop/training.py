@@ -15,17 +15,18 @@ import optuna
 import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from driftloop.metrics import all_scores, metric_named
 from driftloop.schema import DatasetSchema
 
 # Bump when a search space or pipeline changes: it is part of every study's name and lineage.
-SEARCH_SPACE_VERSION = "2"
+SEARCH_SPACE_VERSION = "3"
 
 SEARCH_SPACE: dict[str, dict[str, str]] = {
     "hist_gradient_boosting": {
@@ -68,6 +69,9 @@ TRUSTED_TYPES = [
     "sklearn.preprocessing._encoders.OneHotEncoder",
     "sklearn.preprocessing._encoders.OrdinalEncoder",
     "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.impute._base.SimpleImputer",
+    "numpy.dtype",  # SimpleImputer keeps the dtype it was fitted on: a value, not code
+    "sklearn.impute._base.MissingIndicator",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
     "sklearn.pipeline.Pipeline",
@@ -99,14 +103,24 @@ def limited_threads(threads: int) -> threadpool_limits:
 
 
 def make_model(params: dict[str, Any], schema: DatasetSchema, seed: int) -> Pipeline:
-    """Build the pipeline for one point of the search space."""
+    """Build the pipeline for one point of the search space.
+
+    Missing values are handled inside the pipeline, so the registered model takes rows with
+    gaps as they come: HistGradientBoosting has native missing-value branches; logistic
+    regression gets a median imputer plus missing indicators. Rare categories beyond
+    `schema.max_categories` share one "infrequent" level, which keeps the encoders (and
+    HistGradientBoosting's 255-bin limit) bounded on high-cardinality columns.
+    """
     hyper = {k: v for k, v in params.items() if k != "family"}
+    levels = schema.max_categories
     if params["family"] == "hist_gradient_boosting":
         encode = ColumnTransformer(
             [
                 (
                     "categorical",
-                    OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
+                    OrdinalEncoder(
+                        handle_unknown="use_encoded_value", unknown_value=-1, max_categories=levels
+                    ),
                     schema.categorical,
                 ),
                 ("numeric", "passthrough", schema.numeric),
@@ -119,10 +133,20 @@ def make_model(params: dict[str, Any], schema: DatasetSchema, seed: int) -> Pipe
             **hyper, categorical_features=mask or None, early_stopping=False, random_state=seed
         )
     else:
+        numeric = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="median", add_indicator=True)),
+                ("scale", StandardScaler()),
+            ]
+        )
         encode = ColumnTransformer(
             [
-                ("categorical", OneHotEncoder(handle_unknown="ignore"), schema.categorical),
-                ("numeric", StandardScaler(), schema.numeric),
+                (
+                    "categorical",
+                    OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=levels),
+                    schema.categorical,
+                ),
+                ("numeric", numeric, schema.numeric),
             ]
         )
         estimator = LogisticRegression(**hyper, max_iter=500)
@@ -144,11 +168,13 @@ class Folds:
         return len(self.splits)
 
     def score(self, params: dict[str, Any], fold: int) -> float:
-        """Accuracy on fold `fold` of a model fitted on the other folds."""
+        """The schema's primary metric on fold `fold` of a model fitted on the other folds."""
         fit_rows, val_rows = self.splits[fold]
         model = make_model(params, self.schema, self.seed)
         model.fit(self.x.iloc[fit_rows], self.y.iloc[fit_rows])
-        return float(accuracy_score(self.y.iloc[val_rows], model.predict(self.x.iloc[val_rows])))
+        probabilities = model.predict_proba(self.x.iloc[val_rows])
+        metric = metric_named(self.schema.metric)
+        return metric.score(self.y.iloc[val_rows], probabilities, model.classes_)
 
 
 class FoldScorer(Protocol):
@@ -162,7 +188,8 @@ def cross_validate(
     folds: FoldScorer,
     report: Callable[[float, int], None] | None = None,
 ) -> float:
-    """Mean accuracy over the folds; `report(mean_so_far, fold)` may raise to prune."""
+    """Mean fold score (the folds' metric) over the folds; `report(mean_so_far, fold)` may
+    raise to prune."""
     scores: list[float] = []
     for fold in range(len(folds)):
         scores.append(folds.score(params, fold))
@@ -173,38 +200,50 @@ def cross_validate(
 
 @dataclass(frozen=True)
 class Evaluation:
-    accuracy: float
-    log_loss: float
-    roc_auc: float | None
+    """Every metric defined on the judged rows, and the primary one (`metric`) that decides."""
+
+    scores: dict[str, float]
+    metric: str
     rows: int
 
+    @property
+    def value(self) -> float | None:
+        """The primary metric; None where it is not defined here (ROC AUC on one class)."""
+        return self.scores.get(self.metric)
+
     def as_metrics(self, prefix: str) -> dict[str, float]:
-        metrics = {f"{prefix}_accuracy": self.accuracy, f"{prefix}_log_loss": self.log_loss}
-        if self.roc_auc is not None:
-            metrics[f"{prefix}_roc_auc"] = self.roc_auc
-        return metrics
+        return {f"{prefix}_{name}": value for name, value in self.scores.items()}
 
 
-def evaluate(model: Any, x: pd.DataFrame, y: pd.Series) -> Evaluation | None:
-    """Score a fitted classifier; None for an empty frame (nothing to judge on)."""
+def evaluate(model: Any, x: pd.DataFrame, y: pd.Series, metric: str) -> Evaluation | None:
+    """Score a fitted classifier by every metric, `metric` the primary one; None for an
+    empty frame (nothing to judge on)."""
     if len(x) == 0:
         return None
+    scores = all_scores(y, model.predict_proba(x), model.classes_)
+    return Evaluation(scores=scores, metric=metric, rows=len(x))
+
+
+def slice_scores(
+    model: Any, x: pd.DataFrame, y: pd.Series, feature: str, metric: str
+) -> dict[str, dict[str, float]]:
+    """Holdout scores per value of one categorical feature, for the model card: the primary
+    metric where a slice defines it (a slice of one class has no ROC AUC), and accuracy."""
     probabilities = model.predict_proba(x)
-    classes = list(model.classes_)
-    predicted = np.asarray(classes)[probabilities.argmax(axis=1)]
-    auc = None
-    if len(classes) == 2 and y.nunique() == 2:
-        auc = float(roc_auc_score(y, probabilities[:, 1]))
-    return Evaluation(
-        accuracy=float(accuracy_score(y, predicted)),
-        log_loss=float(log_loss(y, probabilities, labels=classes)),
-        roc_auc=auc,
-        rows=len(x),
-    )
+    levels = x[feature].map(_level)
+    out = {}
+    for level in sorted(levels.unique()):
+        rows = (levels == level).to_numpy()
+        scores = all_scores(y[rows], probabilities[rows], model.classes_)
+        shown = dict.fromkeys((metric, "accuracy"))  # the primary first, once
+        out[level] = {name: scores[name] for name in shown if name in scores}
+    return out
 
 
-def slice_accuracy(model: Any, x: pd.DataFrame, y: pd.Series, feature: str) -> dict[str, float]:
-    """Holdout accuracy per value of one categorical feature, for the model card."""
-    predicted = pd.Series(model.predict(x), index=x.index)
-    correct = predicted == y
-    return {str(k): float(v) for k, v in correct.groupby(x[feature]).mean().sort_index().items()}
+def _level(value: Any) -> str:
+    """A category as the card shows it: integer codes stored as floats read 3, not 3.0."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "(missing)"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

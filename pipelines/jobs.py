@@ -1,4 +1,10 @@
-"""Jobs: ingest one landed file; train from the current accepted data to a gated version."""
+"""Jobs: ingest one landed file; train from the current accepted data to a gated version.
+
+The steps that move aliases (`candidate_model`, `promotion_gate`, `canary_decision`) share
+the concurrency pool `driftloop_aliases` (`assets.registry.ALIAS_POOL`): with the instance's
+pool limit at 1, a training run's gate and a canary step never interleave their reads and
+moves; the registry's own lock serialises each move against the CLI and the admin API.
+"""
 
 import dagster as dg
 
@@ -22,7 +28,7 @@ ingest_job = dg.define_asset_job(
 training_job = dg.define_asset_job(
     "training",
     selection=dg.AssetSelection.groups(training.GROUP, registry.GROUP),
-    description="Version the dataset, search hyper-parameters, register and gate a candidate.",
+    description="Version the dataset, search hyper-parameters, register a @candidate, gate it.",
     tags={"driftloop/kind": "training"},
     executor_def=EXECUTOR,
 )
@@ -38,7 +44,7 @@ monitoring_job = dg.define_asset_job(
 canary_job = dg.define_asset_job(
     "canary",
     selection=dg.AssetSelection.groups(canary.GROUP),
-    description="One canary step for the current @challenger.",
+    description="One canary step for the current @challenger (or start a queued @candidate).",
     tags={"driftloop/kind": "canary"},
     executor_def=EXECUTOR,
 )

@@ -1,7 +1,8 @@
-"""When does retraining start? Here: on confirmed feature drift or a detected quality drop,
-at most once per cooldown, plus an alert for every failed run."""
+"""When does retraining start? Here: on confirmed feature drift or a jump in null share, or
+a detected quality drop, at most once per cooldown, plus an alert for every failed run."""
 
 import json
+import math
 import time
 from typing import Any
 
@@ -9,7 +10,7 @@ import dagster as dg
 
 from driftloop.alerts import notify
 from driftloop.data import BatchStore
-from driftloop.registry import CHALLENGER
+from driftloop.registry import CANDIDATE, CHALLENGER, TAG_QUEUED
 from driftloop.settings import Settings
 from pipelines.jobs import canary_job, monitoring_job, training_job
 from pipelines.resources import (
@@ -51,9 +52,16 @@ def last_calm_verdict(
         metadata = record.asset_materialization.metadata
         judged = metadata.get("judged")
         calm = float(metadata["share_drifted"].value) < settings.drift_share_threshold
+        calm = calm and not _null_jumps(metadata)
         if record.timestamp < before and judged is not None and judged.value and calm:
             return record.timestamp
     return None
+
+
+def _null_jumps(metadata: dict[str, Any]) -> list[str]:
+    """Features whose served null share jumped (verdicts before null share had none)."""
+    jumps = metadata.get("null_jump_columns")
+    return list(jumps.value) if jumps is not None else []
 
 
 def _why_not_now(
@@ -120,17 +128,29 @@ def drift_sensor(settings: Settings) -> dg.SensorDefinition:
         asset_key=dg.AssetKey("feature_drift_report"),
         job=training_job,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Retrains when the share of drifted features reaches the threshold.",
+        description=(
+            "Retrains when the share of drifted features reaches the threshold, or a "
+            "feature's null share jumps beyond training's."
+        ),
     )
     def _sensor(context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry):
         metadata = asset_event.asset_materialization.metadata
         share = float(metadata["share_drifted"].value)
-        if share < settings.drift_share_threshold:
+        jumps = _null_jumps(metadata)
+        if share < settings.drift_share_threshold and not jumps:
             return dg.SensorResult(
                 skip_reason=f"drift share {share:.2f} below {settings.drift_share_threshold}"
+                ", no null share jump"
             )
-        columns = json.dumps(metadata["drifted_columns"].value)
-        reason = f"feature drift: share {share:.2f} ({columns})"
+        # Evidently leaves nulls out of its tests: a jump in them is a change of its own,
+        # named apart so the retrain's reason says which one happened.
+        reasons = []
+        if share >= settings.drift_share_threshold:
+            columns = json.dumps(metadata["drifted_columns"].value)
+            reasons.append(f"feature drift: share {share:.2f} ({columns})")
+        if jumps:
+            reasons.append(f"null share jump in {json.dumps(jumps)}")
+        reason = "; ".join(reasons)
         # The change came after the monitor last judged traffic calm; without such a
         # verdict, somewhere in the window this one judged.
         calm = last_calm_verdict(context.instance, asset_event.timestamp, settings)
@@ -157,7 +177,7 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         job=training_job,
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Retrains when the champion's live accuracy drops at a detected change.",
+        description="Retrains when the champion's live quality drops at a detected change.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
         raw = json.loads(context.cursor or "{}")
@@ -187,15 +207,22 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor))
 
     def _quality_drop(record: dg.EventLogRecord) -> dict[str, Any] | None:
-        """The drop a verdict names, if beyond the threshold, as the cursor keeps it."""
+        """The drop a verdict names, if beyond the threshold, as the cursor keeps it.
+
+        The monitor signs the drop by its metric's direction (> 0 is worse, for log loss
+        too) and names the metric; verdicts from before it named one measured accuracy.
+        """
         metadata = record.asset_materialization.metadata
         drop = metadata.get("quality_drop")
-        if drop is None or float(drop.value) < settings.quality_drop_threshold:
+        value = float(drop.value) if drop is not None else math.nan
+        if not math.isfinite(value) or value < settings.quality_drop_threshold:
             return None
+        named = metadata.get("quality_drop_metric")
+        metric = named.value if named is not None else "accuracy"
         change = int(metadata["change_at_sample"].value)
         at = metadata.get("change_at_time")
         return {
-            "reason": f"quality drop {float(drop.value):.3f} at labelled sample {change}",
+            "reason": f"quality drop {value:.3f} in {metric} at labelled sample {change}",
             "since": float(at.value) if at is not None else None,
             "noticed": record.timestamp,
             "key": f"quality-{record.run_id}",
@@ -227,8 +254,13 @@ def canary_sensor(settings: Settings) -> dg.SensorDefinition:
         policy = driftloop.settings().promotion_policy
         if policy != "canary":
             return dg.SensorResult(skip_reason=f"promotion policy is {policy!r}, not 'canary'")
-        if driftloop.registry().by_alias(CHALLENGER) is None:
-            return dg.SensorResult(skip_reason="no @challenger")
+        registry = driftloop.registry()
+        if registry.by_alias(CHALLENGER) is None:
+            # A canary ended outside the job (`driftloop promote`, the admin API) while a
+            # passing version waited: `canary_decision` starts the queued one.
+            waiting = registry.by_alias(CANDIDATE)
+            if waiting is None or TAG_QUEUED not in waiting.tags:
+                return dg.SensorResult(skip_reason="no @challenger")
         busy = context.instance.get_run_records(
             filters=dg.RunsFilter(job_name=canary_job.name, statuses=IN_FLIGHT), limit=1
         )

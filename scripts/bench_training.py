@@ -69,8 +69,10 @@ def main() -> None:
         "trials_per_minute": round(search.trials_per_minute, 1),
         "trials_complete": search.complete,
         "trials_pruned": search.pruned,
-        "best_cv_accuracy": round(search.best_cv_accuracy, 4),
-        "holdout_accuracy": round(candidate.holdout.accuracy, 4),
+        "metric": search.metric,
+        "best_cv_score": round(search.best_cv_score, 4),
+        "holdout_accuracy": round(candidate.holdout.scores["accuracy"], 4),
+        "holdout_score": candidate.holdout.value,
         "champion_version": gate.challenger_version if gate.applied else None,
         "machine": f"{platform.node()} {os.cpu_count()} cores {platform.python_version()}",
         # The machine is shared: a busy one makes every number here slower, not wrong.

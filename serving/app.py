@@ -110,6 +110,14 @@ class ServeArgs(BaseModel):
         )
 
 
+class RollbackRequest(BaseModel):
+    """The version being rolled back: a retried call then changes nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expected_champion: str | None = Field(default=None, max_length=32)
+
+
 @dataclasses.dataclass
 class PendingSwap:
     version: str
@@ -140,6 +148,10 @@ class ModelServer:
 
         self.champion: LoadedModel | None = None
         self.challenger: LoadedModel | None = None
+        try:  # finish an alias move a crashed writer left half done
+            await asyncio.to_thread(self.registry.repair)
+        except Exception as error:  # registry down: serve what the cache has
+            logger.warning("could not check for an unfinished alias move: %s", error)
         await self._start_models()
         assert self.champion is not None
         self.features = self.champion.features
@@ -382,12 +394,14 @@ class ModelServer:
         assert champion is not None
         route = choose_route(key, self.routing, challenger is not None, self.rng)
         model = challenger if route == CHALLENGER_ROUTE and challenger is not None else champion
-        rows = [i.__dict__ for i in instances]
+        rows = [i.__dict__ for i in instances]  # features, `id` (already a str) and `key`
         labels, probabilities = await self._infer((model, rows))
         request_id = uuid.uuid4().hex
+        listed = probabilities.tolist()
         body = {
             "predictions": labels,
-            "probabilities": probabilities.tolist(),
+            "probabilities": listed,
+            "ids": [row["id"] for row in rows],
             "model_version": model.version,
             "request_id": request_id,
         }
@@ -398,7 +412,12 @@ class ModelServer:
         )
         elapsed = time.perf_counter() - started
         self._observe(model, route, elapsed)
-        self._log(request_id, model, route, key, rows, labels, probabilities, elapsed)
+        unseen = model.unseen(rows)
+        if any(unseen):  # answered all the same; counted where a person can see it
+            for flagged in filter(None, unseen):
+                for feature in flagged.split(","):
+                    self.metrics.unseen.labels(feature).inc()
+        self._log(request_id, model, route, key, rows, labels, listed, unseen, elapsed)
         if self.routing.shadow and challenger is not None and route != CHALLENGER_ROUTE:
             task = asyncio.create_task(self._shadow(challenger, request_id, key, rows))
             self.shadow_tasks.add(task)  # a task nobody references can vanish mid-flight
@@ -417,7 +436,9 @@ class ModelServer:
             return
         elapsed = time.perf_counter() - started
         self._observe(challenger, SHADOW_ROUTE, elapsed)
-        self._log(request_id, challenger, SHADOW_ROUTE, key, rows, labels, probabilities, elapsed)
+        unseen = challenger.unseen(rows)
+        listed = probabilities.tolist()
+        self._log(request_id, challenger, SHADOW_ROUTE, key, rows, labels, listed, unseen, elapsed)
 
     def _observe(self, model: LoadedModel, route: Route, elapsed: float) -> None:
         self.metrics.requests.labels(model.version, route, "200").inc()
@@ -436,11 +457,11 @@ class ModelServer:
         key: str | None,
         rows: list[dict[str, Any]],
         labels: list[Any],
-        probabilities: Any,
+        probabilities: list[list[float]],
+        unseen: list[str | None],
         elapsed: float,
     ) -> None:
         at = datetime.now(UTC)
-        top = probabilities.max(axis=1).tolist()
         common = {
             "request_id": request_id,
             "at": at,
@@ -451,15 +472,28 @@ class ModelServer:
         }
         self.prediction_log.append(
             [
-                {**common, **row, "index": i, "prediction": str(label), "probability": p}
-                for i, (row, label, p) in enumerate(zip(rows, labels, top, strict=True))
+                {
+                    **common,
+                    **row,
+                    "index": i,
+                    "prediction": str(label),
+                    "probability": max(p),
+                    "probabilities": p,
+                    "unseen": u,
+                }
+                for i, (row, label, p, u) in enumerate(
+                    zip(rows, labels, probabilities, unseen, strict=True)
+                )
             ]
         )
 
     def feedback(self, items: list[FeedbackItem]) -> FeedbackResponse:
         at = datetime.now(UTC)
         self.feedback_log.append(
-            [{"request_id": i.request_id, "at": at, "label": str(i.label)} for i in items]
+            [
+                {"request_id": i.request_id, "id": i.id, "at": at, "label": str(i.label)}
+                for i in items
+            ]
         )
         return FeedbackResponse(accepted=len(items))
 
@@ -582,14 +616,21 @@ def build_api(server: ModelServer) -> FastAPI:
         return server.readiness()
 
     @api.post("/admin/rollback", dependencies=admin)
-    async def rollback() -> Readiness:
+    async def rollback(request: RollbackRequest | None = None) -> Readiness:
+        """`@champion` back to `@previous`; with `expected_champion`, a retry is a no-op."""
+        expected = request.expected_champion if request else None
         try:
-            await asyncio.to_thread(server.registry.rollback)
-        except RegistryError as error:
+            moved = await asyncio.to_thread(server.registry.rollback, expected)
+        except RegistryError as error:  # also AliasConflict: another move under way
             raise HTTPException(409, str(error)) from error
         except Exception as error:  # registry down: say so instead of a 500
             raise HTTPException(503, f"registry unreachable: {error}") from error
-        server._alert("rollback", "@champion moved back to @previous by the admin API")
+        if moved.changed:
+            server._alert(
+                "rollback",
+                f"@champion moved back from v{moved.before[CHAMPION]} to "
+                f"v{moved.after[CHAMPION]} by the admin API",
+            )
         await server.sync()
         return server.readiness()
 

@@ -3,15 +3,19 @@
 `Pipeline.predict_proba` on a small DataFrame spends most of its time validating pandas
 input in the ColumnTransformer, its encoders and HistGradientBoosting's own internal
 encoder, not in the trees. At load time the fitted encoders are compiled into
-per-feature lookups (category -> code, standardisation constants), so a request's rows
-become the estimator's float64 matrix directly, without pandas, and HistGradientBoosting's
-trees are summed as its `_raw_predict` does (see `Boosting`). Only what `make_model`
-builds is compiled; anything else raises `NotCompilable` and the model is served by the
-pandas path. `serving.model` also compares both paths on probe rows before using this one.
+per-feature lookups (category -> code, imputed value, standardisation constants), so a
+request's rows become the estimator's float64 matrix directly, without pandas, and
+HistGradientBoosting's trees are summed as its `_raw_predict` does (see `Boosting`).
+Encoders are compiled by asking them: each one transforms its own categories, a missing
+value and an unseen one, so infrequent categories and missing values land where scikit-learn
+puts them without re-implementing its rules. Only what `make_model` builds is compiled;
+anything else raises `NotCompilable` and the model is served by the pandas path.
+`serving.model` also compares both paths on probe rows before using this one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ import pandas as pd
 from scipy import sparse
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
@@ -37,9 +42,35 @@ class NotCompilable(Exception):
     """The pipeline holds something the compiler does not reproduce; the message says what."""
 
 
+def frame_of(rows: Sequence[dict[str, Any]], features: tuple[FeatureField, ...]) -> pd.DataFrame:
+    """What the model takes, from request rows (None for missing), in signature order:
+    int/float/bool as float64 (missing NaN, bool 1.0/0.0), str as object (str or None)."""
+    return pd.DataFrame(
+        {
+            f.name: np.array(
+                [row[f.name] for row in rows],
+                dtype=np.float64 if f.type in NUMERIC_TYPES else object,
+            )
+            for f in features
+        }
+    )
+
+
 @dataclass(frozen=True)
 class Value:
-    """A feature's value as float64, standardised as `(x - mean) / scale` when they are set."""
+    """A feature's value as float64: missing becomes `fill` when set (SimpleImputer), then
+    standardised as `(x - mean) / scale` when they are set."""
+
+    name: str
+    fill: float | None = None
+    mean: float | None = None
+    scale: float | None = None
+
+
+@dataclass(frozen=True)
+class Indicator:
+    """1.0 where the feature is missing, else 0.0 (SimpleImputer's `add_indicator`), then
+    standardised when `mean` and `scale` are set."""
 
     name: str
     mean: float | None = None
@@ -48,7 +79,8 @@ class Value:
 
 @dataclass(frozen=True)
 class Code:
-    """An ordinal code looked up by the raw value; values not in `codes` get `unknown`."""
+    """An ordinal code looked up by the raw value (None: missing); values not in `codes`
+    get `unknown`."""
 
     name: str
     codes: dict[Any, float]
@@ -57,14 +89,16 @@ class Code:
 
 @dataclass(frozen=True)
 class OneHot:
-    """`width` indicator columns; a value not in `positions` sets none of them."""
+    """`width` indicator columns; `positions` (None: missing) says which one a value sets,
+    a value not in it sets `unknown` (the infrequent column), -1 none of them."""
 
     name: str
     positions: dict[Any, int]
+    unknown: int
     width: int
 
 
-Column = Value | Code | OneHot
+Column = Value | Indicator | Code | OneHot
 
 
 def _width(column: Column) -> int:
@@ -223,15 +257,21 @@ class CompiledPipeline:
             if isinstance(column, Code):
                 out[:, start] = [column.codes.get(v, column.unknown) for v in values]
             elif isinstance(column, OneHot):
-                hot = np.array([column.positions.get(v, -1) for v in values], dtype=np.intp)
+                unknown = column.unknown
+                hot = np.array([column.positions.get(v, unknown) for v in values], dtype=np.intp)
                 seen = np.flatnonzero(hot >= 0)
                 out[seen, start + hot[seen]] = 1.0
             else:
-                out[:, start] = np.asarray(values, dtype=np.float64)
+                x = np.asarray(values, dtype=np.float64)  # None is NaN, a bool 1.0 or 0.0
+                if isinstance(column, Indicator):
+                    x = np.isnan(x).astype(np.float64)
+                elif column.fill is not None:
+                    x[np.isnan(x)] = column.fill
                 if column.mean is not None:
-                    out[:, start] -= column.mean
+                    x -= column.mean
                 if column.scale is not None:
-                    out[:, start] /= column.scale
+                    x /= column.scale
+                out[:, start] = x
             start += _width(column)
         # The same zero-free, column-sorted CSR as ColumnTransformer's sparse hstack.
         return sparse.csr_matrix(out) if self.sparse_output else out
@@ -240,40 +280,65 @@ class CompiledPipeline:
         return self.estimate(self.matrix(rows))
 
     def probe_rows(self, example: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Rows to check this path against the pipeline: the example, then every known
-        category of every feature, one unseen category, and random mixes of all of them."""
+        """Rows to check this path against the pipeline: the example (NaN read as None),
+        then every known category of every feature (infrequent ones included), one unseen
+        category, a missing value of each feature that can be missing, and random mixes."""
         rng = np.random.default_rng(0)
+        types = {f.name: f.type for f in self.features}
+        example = [{k: None if _missing(v) else v for k, v in row.items()} for row in example]
         base = dict(example[0])
         categories: dict[str, list[Any]] = {}
         for column in self.columns:
-            if isinstance(column, Code | OneHot):
-                known = list(column.codes if isinstance(column, Code) else column.positions)
-                categories[column.name] = [*known, *_unseen(known)]
+            if isinstance(column, Code | OneHot) and column.name not in categories:
+                lookup = column.codes if isinstance(column, Code) else column.positions
+                known = [request_value(v, types[column.name]) for v in lookup if v is not None]
+                categories[column.name] = [*known, _unseen(known, types[column.name])]
+        # A blank string reaches the model as missing even where the feature is not nullable.
+        missable = {f.name for f in self.features if f.nullable or f.type == "str"}
         rows = [dict(row) for row in example]
         rows += [{**base, name: v} for name, values in categories.items() for v in values]
+        rows += [{**base, name: None} for name in sorted(missable)]
         for _ in range(32):
             row = {}
             for field in self.features:
-                seen = [r[field.name] for r in example]
-                if field.name in categories:
+                seen = [r[field.name] for r in example if r[field.name] is not None]
+                if field.name in missable and rng.random() < 0.2:
+                    row[field.name] = None
+                elif field.name in categories:
                     options = categories[field.name]
                     row[field.name] = options[rng.integers(len(options))]
                 elif field.type in ("int", "float"):
-                    value = rng.uniform(min(seen), max(seen) + 1)
+                    low, high = (min(seen), max(seen)) if seen else (0, 1)
+                    value = rng.uniform(low, high + 1)
                     row[field.name] = int(value) if field.type == "int" else float(value)
+                elif field.type == "bool":
+                    row[field.name] = bool(rng.integers(2))
                 else:
-                    row[field.name] = seen[rng.integers(len(seen))]
+                    row[field.name] = seen[rng.integers(len(seen))] if seen else None
             rows.append(row)
         return rows
 
 
-def _unseen(known: list[Any]) -> list[Any]:
-    """A value of the known categories' type that is not one of them, if there is one."""
-    if known and all(isinstance(v, int) and not isinstance(v, bool) for v in known):
-        return [max(known) + 1]
-    if known and all(isinstance(v, str) for v in known):
-        return [max(known) + "\x00"]
-    return []
+def _missing(value: Any) -> bool:
+    """None or NaN: how a missing value reaches us from a request, a frame or an encoder."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def request_value(value: Any, kind: str) -> Any:
+    """A fitted or framed value as a request carries it: int and bool features are floats
+    in the frame (and in an int feature's fitted categories)."""
+    value = _python(value)
+    if kind == "int":
+        return int(value)
+    return bool(value) if kind == "bool" else value
+
+
+def _unseen(known: list[Any], kind: str) -> Any:
+    """A value of the feature's type that is none of the known categories."""
+    if kind in NUMERIC_TYPES:
+        value = max(known, default=0) + 1
+        return int(value) if kind == "int" else float(value)
+    return max(known, default="") + "\x00"
 
 
 def compile_pipeline(pipeline: Any, features: tuple[FeatureField, ...]) -> CompiledPipeline:
@@ -312,22 +377,26 @@ def _dense_order(
     It decides the order in which BLAS sums a linear model's dot products, so the last bits
     of the probabilities: numeric blocks come from DataFrames in F order, encoders give C.
     """
-    sample: dict[str, list[Any]] = {}
+    row: dict[str, Any] = {
+        name: 0.0 if types[name] in NUMERIC_TYPES else "" for name in encode.feature_names_in_
+    }
     for column in columns:
-        if isinstance(column, Code):
-            value = next(iter(column.codes))
-        elif isinstance(column, OneHot):
-            value = next(iter(column.positions))
-        else:
-            value = 0 if types[column.name] == "int" else 0.0
-        sample[column.name] = [value, value]
-    encoded = encode.transform(pd.DataFrame(sample))
+        if isinstance(column, Code | OneHot):
+            row[column.name] = next(
+                iter(column.codes if isinstance(column, Code) else column.positions)
+            )
+    fields = tuple(FeatureField(name, types[name]) for name in row)
+    encoded = encode.transform(frame_of([row, row], fields))
     return "F" if encoded.flags.f_contiguous and not encoded.flags.c_contiguous else "C"
 
 
 def _per_output(columns: tuple[Column, ...]) -> list[Column | None]:
     """One entry per output column; one-hot columns are None (nothing compiles over them)."""
-    return [c if isinstance(c, Value | Code) else None for c in columns for _ in range(_width(c))]
+    return [
+        c if isinstance(c, Value | Indicator | Code) else None
+        for c in columns
+        for _ in range(_width(c))
+    ]
 
 
 def _compile_columns(
@@ -374,35 +443,133 @@ def _indices(transformer: ColumnTransformer, selection: Any) -> list[int]:
 
 def _compile_step(step: Any, inputs: list[Column], types: dict[str, str]) -> list[Column]:
     """One fitted transformer over already compiled input columns."""
+    if isinstance(step, Pipeline):
+        for _, inner in step.steps:
+            if inner not in (None, "passthrough"):
+                inputs = _compile_step(inner, inputs, types)
+        return inputs
     if isinstance(step, FunctionTransformer) and _is_identity(step):
         return [_as_number(c, types) for c in inputs]
+    if isinstance(step, SimpleImputer):
+        return _imputed(step, inputs, types)
     if isinstance(step, StandardScaler):
-        if not all(_is_raw(c) for c in inputs):
-            raise NotCompilable("StandardScaler over transformed columns")
+        if not all(_unscaled(c) for c in inputs):
+            raise NotCompilable("StandardScaler over encoded or scaled columns")
         means = step.mean_ if step.with_mean else [None] * len(inputs)
         scales = step.scale_ if step.with_std else [None] * len(inputs)
         return [
-            Value(_as_number(c, types).name, _float(m), _float(s))
+            dataclasses.replace(_as_number(c, types), mean=_float(m), scale=_float(s))
             for c, m, s in zip(inputs, means, scales, strict=True)
         ]
     if isinstance(step, OrdinalEncoder):
-        _check_encoder(step, "use_encoded_value")
-        unknown = float(step.unknown_value)
+        _check_encoder(step, ("use_encoded_value",))
         return [
-            _lookup(c, {_python(v): float(i) for i, v in enumerate(cats)}, unknown)
-            for c, cats in zip(inputs, step.categories_, strict=True)
+            _ordinal(c, asked) for c, asked in zip(inputs, _ask(step, inputs, types), strict=True)
         ]
     if isinstance(step, OneHotEncoder):
-        _check_encoder(step, "ignore")
+        _check_encoder(step, ("ignore", "infrequent_if_exist"))
         if step.drop_idx_ is not None:
             raise NotCompilable("OneHotEncoder with drop")
         if not all(_is_raw(c) for c in inputs):
             raise NotCompilable("OneHotEncoder over transformed columns")
         return [
-            OneHot(c.name, {_python(v): i for i, v in enumerate(cats)}, len(cats))
-            for c, cats in zip(inputs, step.categories_, strict=True)
+            _one_hot(c, asked) for c, asked in zip(inputs, _ask(step, inputs, types), strict=True)
         ]
     raise NotCompilable(f"no fast path for {type(step).__name__}")
+
+
+def _imputed(step: SimpleImputer, inputs: list[Column], types: dict[str, str]) -> list[Column]:
+    """SimpleImputer's output: the columns filled with `statistics_`, then one missing
+    indicator per feature its `indicator_` chose (those with missing values in fit)."""
+    if not all(_is_raw(c) and types[c.name] in NUMERIC_TYPES for c in inputs):
+        raise NotCompilable("SimpleImputer over transformed or non-numeric columns")
+    if not _missing(step.missing_values):
+        raise NotCompilable(f"SimpleImputer(missing_values={step.missing_values!r})")
+    indicator = step.indicator_
+    if indicator is not None and indicator.sparse not in ("auto", False):
+        raise NotCompilable("SimpleImputer with a sparse indicator")
+    # (A feature without any value in fit would be dropped: the width check then refuses.)
+    columns: list[Column] = [
+        Value(c.name, fill=float(statistic))
+        for c, statistic in zip(inputs, step.statistics_, strict=True)
+    ]
+    if indicator is not None:
+        columns += [Indicator(inputs[i].name) for i in indicator.features_]
+    return columns
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What an encoder outputs for one input column: per category, for missing, for unseen."""
+
+    known: dict[Any, np.ndarray]
+    missing: np.ndarray
+    unknown: np.ndarray
+
+
+def _ask(
+    step: OrdinalEncoder | OneHotEncoder, inputs: list[Column], types: dict[str, str]
+) -> list[_Asked]:
+    """Each input column's output block for each of its categories, a missing value and an
+    unseen value, from the fitted encoder itself (the other columns hold a value of theirs).
+
+    Raw columns are asked as `frame_of` builds them; codes (HGB's own encoder over the
+    ordinal codes) as the float matrix it receives.
+    """
+    raw = all(_is_raw(c) for c in inputs)
+    if not raw and not all(isinstance(c, Code) for c in inputs):
+        raise NotCompilable(f"{type(step).__name__} over standardised values")
+    names = [c.name for c in inputs]
+    if raw and list(getattr(step, "feature_names_in_", [])) != names:
+        raise NotCompilable(f"{type(step).__name__} was not fitted on the named columns")
+    probes = []
+    for column, categories in zip(inputs, step.categories_, strict=True):
+        known = [v for v in map(_python, categories) if not _missing(v)]
+        probes.append([*known, None, _unseen(known, types[column.name] if raw else "float")])
+    widths = step._n_features_outs if isinstance(step, OneHotEncoder) else [1] * len(inputs)
+    starts = np.cumsum([0, *widths])
+    answers = []
+    for j, values in enumerate(probes):
+        rows = [[v if k == j else other[0] for k, other in enumerate(probes)] for v in values]
+        if raw:
+            fields = tuple(FeatureField(n, types[n]) for n in names)
+            x: Any = frame_of([dict(zip(names, row, strict=True)) for row in rows], fields)
+        else:
+            x = np.array(rows, dtype=np.float64)
+        out = step.transform(x)
+        out = out.toarray() if sparse.issparse(out) else np.asarray(out)
+        block = out[:, starts[j] : starts[j + 1]]
+        answers.append(
+            _Asked(dict(zip(values[:-2], block[:-2], strict=True)), block[-2], block[-1])
+        )
+    return answers
+
+
+def _ordinal(column: Column, asked: _Asked) -> Code:
+    """Encode a raw value, or re-encode a code (HGB's encoder over ordinal codes)."""
+    codes = {k: float(v[0]) for k, v in asked.known.items()}
+    missing, unknown = float(asked.missing[0]), float(asked.unknown[0])
+    if _is_raw(column):
+        return Code(column.name, {**codes, None: missing}, unknown)
+    assert isinstance(column, Code)
+
+    def recode(code: float) -> float:
+        return missing if _missing(code) else codes.get(code, unknown)
+
+    inner = {raw: recode(code) for raw, code in column.codes.items()}
+    return Code(column.name, inner, recode(column.unknown))
+
+
+def _one_hot(column: Column, asked: _Asked) -> OneHot:
+    def position(row: np.ndarray) -> int:
+        hot = np.flatnonzero(row)
+        if len(hot) > 1 or not np.all((row == 0) | (row == 1)):
+            raise NotCompilable(f"OneHotEncoder sets more than one column for {column.name!r}")
+        return int(hot[0]) if len(hot) else -1
+
+    positions = {k: position(v) for k, v in asked.known.items()}
+    positions[None] = position(asked.missing)
+    return OneHot(column.name, positions, position(asked.unknown), len(asked.missing))
 
 
 def _is_identity(step: FunctionTransformer) -> bool:
@@ -420,15 +587,11 @@ def _is_identity(step: FunctionTransformer) -> bool:
     )
 
 
-def _check_encoder(step: OrdinalEncoder | OneHotEncoder, handle_unknown: str) -> None:
-    if step.handle_unknown != handle_unknown:
+def _check_encoder(step: OrdinalEncoder | OneHotEncoder, handle_unknown: tuple[str, ...]) -> None:
+    if step.handle_unknown not in handle_unknown:
         raise NotCompilable(f"{type(step).__name__}(handle_unknown={step.handle_unknown!r})")
-    if step.min_frequency is not None or step.max_categories is not None:
-        raise NotCompilable(f"{type(step).__name__} with infrequent categories")
     if np.dtype(step.dtype) != np.float64:
         raise NotCompilable(f"{type(step).__name__}(dtype={step.dtype})")
-    if any(pd.isna(np.asarray(cats, dtype=object)).any() for cats in step.categories_):
-        raise NotCompilable(f"{type(step).__name__} saw missing values in fit")
 
 
 def _as_number(column: Column, types: dict[str, str]) -> Column:
@@ -438,14 +601,9 @@ def _as_number(column: Column, types: dict[str, str]) -> Column:
     return column
 
 
-def _lookup(column: Column, codes: dict[Any, float], unknown: float) -> Code:
-    """Encode a raw value, or re-encode a code (HGB's encoder over ordinal codes)."""
-    if _is_raw(column):
-        return Code(column.name, codes, unknown)
-    if isinstance(column, Code):
-        inner = {raw: codes.get(code, unknown) for raw, code in column.codes.items()}
-        return Code(column.name, inner, codes.get(column.unknown, unknown))
-    raise NotCompilable("an encoder over standardised values")
+def _unscaled(column: Column) -> bool:
+    """A number nothing has standardised yet (raw, imputed or a missing indicator)."""
+    return isinstance(column, Value | Indicator) and column.mean is None and column.scale is None
 
 
 def _is_raw(column: Column) -> bool:

@@ -54,6 +54,12 @@ class ServingMetrics:
         self.alerts = Counter(
             "driftloop_serving_alerts", "Events needing a person, by kind.", ["kind"], registry=r
         )
+        self.unseen = Counter(
+            "driftloop_unseen_categories",
+            "Answered instances whose categorical feature had a value training never saw.",
+            ["feature"],
+            registry=r,
+        )
         self.log_dropped = Counter(
             "driftloop_prediction_log_dropped",
             "Records dropped because the log queue was full or a write failed.",

@@ -22,6 +22,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from mlflow.models import Model
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 
 from driftloop.registry import (
     MODEL_FILE,
@@ -31,7 +34,7 @@ from driftloop.registry import (
     directory_sha256,
 )
 from driftloop.training import TRUSTED_TYPES
-from serving.fastpath import CompiledPipeline, compile_pipeline
+from serving.fastpath import CompiledPipeline, compile_pipeline, frame_of, request_value
 from serving.schemas import FeatureField, features_from_signature
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class LoadedModel:
     features: tuple[FeatureField, ...]
     classes: tuple[Any, ...]
     compiled: CompiledPipeline | None = None
+    # The training categories of each categorical feature, to flag unseen values.
+    categories: dict[str, frozenset[Any]] = dataclasses.field(default_factory=dict)
 
     def predict(self, frame: pd.DataFrame) -> tuple[list[Any], np.ndarray]:
         """Labels and class probabilities for each row, from one `predict_proba` call."""
@@ -66,13 +71,48 @@ class LoadedModel:
             return self.predict(frame_of(rows, self.features))
         return self._labelled(self.compiled.predict_proba(rows))
 
+    def unseen(self, rows: list[dict[str, Any]]) -> list[str | None]:
+        """Per row, the comma-joined categorical features whose value training never saw
+        (a missing value is missing, not unseen); None when there is none."""
+        flagged: list[str | None] = [None] * len(rows)
+        for name, known in self.categories.items():
+            for i, row in enumerate(rows):
+                value = row[name]
+                if value is not None and value not in known:
+                    flagged[i] = name if flagged[i] is None else f"{flagged[i]},{name}"
+        return flagged
+
     def _labelled(self, probabilities: np.ndarray) -> tuple[list[Any], np.ndarray]:
         return [self.classes[i] for i in probabilities.argmax(axis=1)], probabilities
 
 
-def frame_of(rows: list[dict[str, Any]], features: tuple[FeatureField, ...]) -> pd.DataFrame:
-    """Columns in signature order, built column-wise (faster than from_records)."""
-    return pd.DataFrame({f.name: [row[f.name] for row in rows] for f in features})
+def training_categories(pipeline: Any) -> dict[str, frozenset[Any]]:
+    """The categories each categorical feature was fitted with, from the first encoder over
+    it in the pipeline's ColumnTransformer (missing values left out); {} for other shapes."""
+    encode = pipeline.steps[0][1] if isinstance(pipeline, Pipeline) else None
+    if not isinstance(encode, ColumnTransformer):
+        return {}
+    found: dict[str, frozenset[Any]] = {}
+    for _, step, selection in encode.transformers_:
+        first = step.steps[0][1] if isinstance(step, Pipeline) else step
+        # An encoder over no columns (a table without categories) is never fitted.
+        if isinstance(first, OrdinalEncoder | OneHotEncoder) and len(selection):
+            names = getattr(first, "feature_names_in_", [])
+            for name, categories in zip(names, first.categories_, strict=True):
+                values = (c.item() if isinstance(c, np.generic) else c for c in categories)
+                found[str(name)] = frozenset(v for v in values if not pd.isna(v))
+    return found
+
+
+def example_rows(example: pd.DataFrame, features: tuple[FeatureField, ...]) -> list[dict[str, Any]]:
+    """The input example as request rows: Python values, None where missing."""
+    return [
+        {
+            f.name: None if pd.isna(v) else request_value(v, f.type)
+            for f, v in zip(features, row, strict=True)
+        }
+        for row in example[[f.name for f in features]].itertuples(index=False)
+    ]
 
 
 class ModelStore:
@@ -173,18 +213,20 @@ def _open(alias: str, version: str, sha256: str, source: Source, directory: Path
         pipeline=pipeline,
         features=features,
         classes=tuple(_python(c) for c in pipeline.classes_),
+        categories=training_categories(pipeline),
     )
-    example = metadata.load_input_example(str(directory))
-    if not isinstance(example, pd.DataFrame) or example.empty:
+    loaded = metadata.load_input_example(str(directory))
+    if not isinstance(loaded, pd.DataFrame) or loaded.empty:
         raise ModelRejected(f"version {version} has no input example to warm up on")
-    example = example[[f.name for f in features]]
+    rows = example_rows(loaded, features)
+    example = frame_of(rows, features)  # as requests will reach the model
     for _ in range(3):  # the first calls pay for lazy imports and allocations
         _, probabilities = model.predict(example)
     if probabilities.shape != (len(example), len(model.classes)) or not np.all(
         np.isfinite(probabilities)
     ):
         raise ModelRejected(f"version {version} gives invalid probabilities on its example")
-    model = dataclasses.replace(model, compiled=compile_checked(model, example))
+    model = dataclasses.replace(model, compiled=compile_checked(model, rows))
     logger.info(
         "loaded @%s v%s from %s in %.0f ms (%s path)",
         alias,
@@ -196,14 +238,14 @@ def _open(alias: str, version: str, sha256: str, source: Source, directory: Path
     return model
 
 
-def compile_checked(model: LoadedModel, example: pd.DataFrame) -> CompiledPipeline | None:
+def compile_checked(model: LoadedModel, example: list[dict[str, Any]]) -> CompiledPipeline | None:
     """The compiled path if it gives the pipeline's probabilities on probe rows, else None.
 
     Any failure here only costs speed: the model is then served by the pandas path.
     """
     try:
         compiled = compile_pipeline(model.pipeline, model.features)
-        rows = compiled.probe_rows(example.to_dict("records"))
+        rows = compiled.probe_rows(example)
         fast = compiled.predict_proba(rows)
         # Row by row too: a few rows take another route through the trees (`Forest`).
         fast_alone = np.vstack([compiled.predict_proba([row]) for row in rows])

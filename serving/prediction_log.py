@@ -32,7 +32,12 @@ _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "b
 
 
 def prediction_schema(features: tuple[FeatureField, ...]) -> pa.Schema:
-    """One row per instance; labels as strings so predictions and feedback always join."""
+    """One row per instance; labels as strings so predictions and feedback always join.
+
+    `id` is the instance's business id, `probabilities` every class's in the model's class
+    order (sorted labels), `unseen` the comma-joined categorical features whose value
+    training never saw; features are null where the instance left them out.
+    """
     return pa.schema(
         [
             ("request_id", pa.string()),
@@ -41,17 +46,22 @@ def prediction_schema(features: tuple[FeatureField, ...]) -> pa.Schema:
             ("model_version", pa.string()),
             ("route", pa.string()),
             ("key", pa.string()),
+            ("id", pa.string()),
             ("prediction", pa.string()),
             ("probability", pa.float64()),
+            ("probabilities", pa.list_(pa.float64())),
+            ("unseen", pa.string()),
             ("latency_ms", pa.float64()),
             *[(f.name, _ARROW_TYPES[f.type]) for f in features],
         ]
     )
 
 
+# A label names its prediction by the answer's `request_id` or the instance's `id`.
 FEEDBACK_SCHEMA = pa.schema(
     [
         ("request_id", pa.string()),
+        ("id", pa.string()),
         ("at", pa.timestamp("us", tz="UTC")),
         ("label", pa.string()),
     ]

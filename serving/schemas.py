@@ -9,7 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    create_model,
+    model_validator,
+)
 
 FeatureType = Literal["int", "float", "str", "bool"]
 Label = StrictInt | StrictFloat | str | StrictBool
@@ -23,20 +33,39 @@ _MLFLOW_TYPES: dict[str, FeatureType] = {
     "string": "str",
     "boolean": "bool",
 }
+
+
+def _blank_is_missing(value: str) -> str | None:
+    """An empty or whitespace-only string is a missing value, as ingestion reads it."""
+    return value if value.strip() else None
+
+
 _ANNOTATIONS: dict[FeatureType, Any] = {
     # The log and the model store 64-bit integers: larger ones are a 422, not a lost record.
     "int": Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)],
     # JSON has one number type: an integer literal is a valid float, NaN and inf are not.
     "float": Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)],
-    "str": Annotated[str, Field(min_length=0, max_length=256)],
+    "str": Annotated[str, Field(min_length=0, max_length=256), AfterValidator(_blank_is_missing)],
     "bool": StrictBool,
 }
+# Instance fields that are not features; a signature with a feature of either name is refused.
+RESERVED = ("id", "key")
+
+# A business id (the loan or order id a label source knows), echoed and logged as a string;
+# an integer one is a database's 64-bit id (anything longer can be sent as a string).
+BusinessId = (
+    Annotated[str, Field(min_length=1, max_length=256)]
+    | Annotated[StrictInt, Field(ge=-(2**63), lt=2**63), AfterValidator(str)]
+)
 
 
 @dataclass(frozen=True)
 class FeatureField:
+    """One model input; `nullable` ones may be null or omitted (the model sees missing)."""
+
     name: str
     type: FeatureType
+    nullable: bool = False
 
 
 def features_from_signature(signature: Any) -> tuple[FeatureField, ...]:
@@ -48,7 +77,7 @@ def features_from_signature(signature: Any) -> tuple[FeatureField, ...]:
         kind = _MLFLOW_TYPES.get(str(spec.get("type")))
         if kind is None or "name" not in spec:
             raise ValueError(f"unsupported signature column {spec}")
-        fields.append(FeatureField(spec["name"], kind))
+        fields.append(FeatureField(spec["name"], kind, nullable=not spec.get("required", True)))
     return tuple(fields)
 
 
@@ -61,10 +90,23 @@ class RequestModels:
 
 
 def build_request_models(features: tuple[FeatureField, ...], max_instances: int) -> RequestModels:
-    """Strict per-feature types, unknown fields refused, an optional routing `key`."""
-    definitions: dict[str, Any] = {f.name: (_ANNOTATIONS[f.type], ...) for f in features}
-    if "key" in definitions:
-        raise ValueError("a feature named 'key' would collide with the routing key")
+    """Strict per-feature types (null or omitted only where nullable), unknown fields refused,
+    an optional business `id` and routing `key`."""
+    clashes = [f.name for f in features if f.name in RESERVED]
+    if clashes:
+        raise ValueError(
+            f"the model has a feature named {clashes[0]!r}, which is reserved for the "
+            f"instance's {'business id' if clashes[0] == 'id' else 'routing key'}; exclude it "
+            "from the features (DRIFTLOOP_ID_COLUMNS or DRIFTLOOP_IGNORE_COLUMNS) and retrain"
+        )
+    definitions: dict[str, Any] = {
+        f.name: (_ANNOTATIONS[f.type] | None, None) if f.nullable else (_ANNOTATIONS[f.type], ...)
+        for f in features
+    }
+    definitions["id"] = (
+        BusinessId | None,
+        Field(default=None, description="A business id: echoed, logged, usable for feedback."),
+    )
     definitions["key"] = (
         str | None,
         Field(default=None, max_length=256, description="Makes canary routing sticky."),
@@ -85,15 +127,28 @@ class PredictResponse(BaseModel):
 
     predictions: list[Label]
     probabilities: list[list[float]]
+    ids: list[str | None]
     model_version: str
     request_id: str
 
 
 class FeedbackItem(BaseModel):
+    """A label for one answer, named by the answer's `request_id` or the instance's `id`."""
+
     model_config = ConfigDict(extra="forbid")
 
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: str | None = Field(default=None, min_length=1, max_length=64)
+    id: BusinessId | None = None
     label: Label
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> FeedbackItem:
+        if (self.request_id is None) == (self.id is None):
+            raise ValueError(
+                "give exactly one of 'request_id' (from the answer) and 'id' (the business id "
+                "sent with the instance)"
+            )
+        return self
 
 
 class FeedbackResponse(BaseModel):

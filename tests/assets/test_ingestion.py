@@ -3,12 +3,14 @@
 import json
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 
 from assets.ingestion import landed_batch, landed_files
 from driftloop.data import BatchStore, bytes_sha256, partition_key
 from driftloop.settings import Settings
+from pipelines.launch import run_failure
 from pipelines.resources import build_resources
 from tests.conftest import land
 
@@ -88,3 +90,85 @@ def test_unreadable_file_is_quarantined_without_touching_the_store(
         f"{name}.reason.json",
     ]
     assert not home.schema_path.exists()  # a bad first file never defines the schema
+
+
+def run_key(
+    settings: Settings, instance: dg.DagsterInstance, key: str
+) -> dg.ExecuteInProcessResult:
+    instance.add_dynamic_partitions(landed_files.name, [key])
+    return dg.materialize(
+        [landed_batch],
+        partition_key=key,
+        instance=instance,
+        resources=build_resources(settings),
+        raise_on_error=False,
+    )
+
+
+def test_hand_made_keys_are_refused_before_any_file_is_touched(
+    home: Settings, instance: dg.DagsterInstance
+) -> None:
+    """Keys added from the UI must not name files outside the landing zone: a valid batch
+    next to it would be read (and, failing validation, moved away) by such a key."""
+    (landed,) = land(home, rows=200, batch_rows=200)
+    secret = home.home / "secret.parquet"
+    (home.landing.local_path / landed).rename(secret)
+    digest = bytes_sha256(secret.read_bytes())[:12]
+    for key in [
+        f"../secret.parquet-{digest}",
+        f"../../{home.home.name}/secret.parquet-{digest}",
+        f"{secret}-{digest}",
+        f"sub/x.parquet-{digest}",
+        "x.parquet",
+    ]:
+        result = run_key(home, instance, key)
+        assert not result.success
+        assert "is refused: driftloop only creates keys" in run_failure(result)
+    assert bytes_sha256(secret.read_bytes())[:12] == digest
+    assert BatchStore(home.batches).keys() == [] and not home.batches.exists()
+    assert home.quarantine.files() == [] and not home.schema_path.exists()
+
+
+def test_a_symlinked_file_is_never_read_or_moved(
+    home: Settings, instance: dg.DagsterInstance
+) -> None:
+    (landed,) = land(home, rows=200, batch_rows=200)
+    outside = home.home / "outside.parquet"
+    (home.landing.local_path / landed).rename(outside)
+    link = home.landing.local_path / "link.parquet"
+    link.symlink_to(outside)
+    result = run_key(home, instance, partition_key(link.name, bytes_sha256(outside.read_bytes())))
+    assert not result.success
+    assert "link.parquet: a symbolic link: links are not followed" in run_failure(result)
+    assert link.is_symlink() and outside.is_file()
+    assert BatchStore(home.batches).keys() == [] and home.quarantine.files() == []
+
+
+def test_a_file_over_the_size_cap_is_not_read(
+    home: Settings, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_MAX_FILE_BYTES", "1000")
+    (name,) = land(home, rows=200, batch_rows=200)
+    result = run_key(
+        home, instance, partition_key(name, bytes_sha256(home.landing.read_bytes(name)))
+    )
+    assert not result.success
+    assert "over the cap of 1,000 bytes (DRIFTLOOP_MAX_FILE_BYTES)" in run_failure(result)
+    assert home.landing.info(name) is not None and BatchStore(home.batches).keys() == []
+
+
+def test_a_parquet_bomb_is_quarantined_from_its_footer(
+    home: Settings, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few kilobytes on disk that decode to 32 MB: refused before a column is decoded."""
+    monkeypatch.setenv("DRIFTLOOP_MAX_TABLE_BYTES", str(8 * 2**20))
+    bomb = pd.DataFrame({"x": np.zeros(2_000_000), "label": np.zeros(2_000_000, dtype=int)})
+    home.landing.write_frame("bomb.parquet", bomb)
+    assert home.landing.info("bomb.parquet").size < 100_000
+    result = materialize(home, instance, "bomb.parquet")
+    assert checks_of(result)["schema"] is False
+    (reason_file,) = home.quarantine.local_path.glob("*.reason.json")
+    reason = json.loads(reason_file.read_text())["reasons"][0]
+    assert reason.startswith("schema: too large to read: 2,000,000 rows x 2 columns, ")
+    assert reason.endswith("over the cap of 8,388,608 bytes (DRIFTLOOP_MAX_TABLE_BYTES)")
+    assert BatchStore(home.batches).keys() == [] and not home.schema_path.exists()

@@ -325,6 +325,7 @@ def run_trials(
     import optuna
 
     from driftloop.hpo import open_study
+    from driftloop.metrics import metric_named
     from driftloop.schema import infer_schema
     from driftloop.settings import load_settings
     from driftloop.simulate import LoanStream
@@ -336,7 +337,7 @@ def run_trials(
     folds = Folds(
         schema, frame[schema.feature_names], frame[schema.target], settings.cv_folds, settings.seed
     )
-    study = open_study(settings, study_name)
+    study = open_study(settings, study_name, metric_named(schema.metric))
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker)

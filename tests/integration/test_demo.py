@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from driftloop.demo import Children
+from driftloop.supervisor import Supervisor
 
 
 def test_the_demo_module_imports_neither_dagster_nor_ray() -> None:
@@ -24,7 +24,7 @@ def test_stopping_the_demo_ends_its_servers_children_too(tmp_path) -> None:
         "import subprocess, time; child = subprocess.Popen(['sleep', '300']);"
         "print(child.pid, flush=True); time.sleep(300)"
     )
-    children = Children(tmp_path, dict(os.environ))
+    children = Supervisor(tmp_path, dict(os.environ))
     children.start("spawner", [sys.executable, "-c", spawner], tmp_path)
     log = tmp_path / "spawner.log"
     deadline = time.monotonic() + 30

@@ -8,11 +8,15 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
+from assets.canary import TAG_WEIGHT
 from driftloop.cli import main
+from driftloop.promotion import QUEUED_ACTION
 from driftloop.registry import (
+    CANDIDATE,
     CHALLENGER,
     CHAMPION,
     PREVIOUS,
+    TAG_ROLLED_BACK,
     TAG_SHA256,
     ArtifactIntegrityError,
     Registry,
@@ -21,6 +25,7 @@ from driftloop.registry import (
 from driftloop.settings import Settings
 from driftloop.training import TRUSTED_TYPES
 from tests.conftest import land, train
+from tests.integration.test_aliases import Watcher
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +46,7 @@ def test_first_run_registers_a_champion_with_lineage(trained_home: Settings) -> 
     registry = registry_of(trained_home)
     champion = registry.by_alias(CHAMPION)
     assert champion is not None and champion.version == "1"
-    assert registry.by_alias(CHALLENGER) is None and registry.by_alias(PREVIOUS) is None
+    assert registry.record().aliases == {CHAMPION: "1"}  # auto: @candidate became @champion
     tags = champion.tags
     assert len(tags["driftloop.data_hash"]) == 64
     assert tags["driftloop.trigger"] == "test"
@@ -130,19 +135,24 @@ def test_new_data_challenges_then_cli_promotes_and_rolls_back(
     land(home, rows=1500, batch_rows=1500, seed=1)
     assert train(home).success
     registry = registry_of(home)
-    assert registry.by_alias(CHAMPION) is None  # manual policy: the gate only recommends
-    assert registry.by_alias(CHALLENGER).version == "1"
+    # Manual policy: the gate only recommends, and the version waits as @candidate.
+    assert registry.record().aliases == {CANDIDATE: "1"}
 
     assert main(["promote", "1"]) == 0
     land(home, rows=1500, batch_rows=1500, seed=2)
     gate = train(home).output_for_node("promotion_gate")
     assert gate.challenger_version == "2" and not gate.applied
-    assert registry.by_alias(CHALLENGER).version == "2"
+    assert registry.record().aliases == {CHAMPION: "1", CANDIDATE: "2"}
     assert main(["promote", "2"]) == 0
-    assert (registry.by_alias(CHAMPION).version, registry.by_alias(PREVIOUS).version) == ("2", "1")
+    assert registry.record().aliases == {CHAMPION: "2", PREVIOUS: "1"}
+    assert main(["promote", "2"]) == 0  # a retried promote changes nothing
+    assert "v2 is already @champion" in capsys.readouterr().out
 
     assert main(["rollback"]) == 0
-    assert (registry.by_alias(CHAMPION).version, registry.by_alias(PREVIOUS).version) == ("1", "2")
+    assert registry.record().aliases == {CHAMPION: "1"}
+    assert registry.version("2").tags[TAG_ROLLED_BACK] == "replaced by v1"
+    assert main(["rollback"]) == 2  # a retried rollback never brings v2 back
+    assert registry.by_alias(CHAMPION).version == "1"
     capsys.readouterr()
     assert main(["status", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -163,7 +173,7 @@ def test_runs_are_in_the_homes_own_dagster_instance(trained_home: Settings) -> N
     assert jobs == {"ingest", "training"}
 
 
-def test_canary_policy_hands_passing_challengers_over_and_withdraws_failing_ones(
+def test_canary_policy_hands_over_queues_behind_a_running_canary_and_withdraws_failures(
     home: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DRIFTLOOP_PROMOTION_POLICY", "canary")
@@ -180,8 +190,22 @@ def test_canary_policy_hands_passing_challengers_over_and_withdraws_failing_ones
     assert registry.by_alias(CHALLENGER).version == "2"
     assert registry.by_alias(CHAMPION).version == "1"
 
-    monkeypatch.setenv("DRIFTLOOP_PROMOTION_MARGIN", "1")  # no challenger can pass
-    land(home, rows=1500, batch_rows=1500, seed=3)
-    failing = train(home).output_for_node("promotion_gate")
-    assert not failing.promote and failing.action == "withdrawn from @challenger"
-    assert registry.by_alias(CHALLENGER) is None
+    # v2's canary now runs at 50 %: retrains that follow must never take its @challenger.
+    registry.set_tags("2", {TAG_WEIGHT: 0.5})
+    with Watcher(registry) as watcher:
+        monkeypatch.setenv("DRIFTLOOP_PROMOTION_MARGIN", "1")  # no challenger can pass
+        land(home, rows=1500, batch_rows=1500, seed=3)
+        failing = train(home).output_for_node("promotion_gate")
+        assert not failing.promote and failing.action == "withdrawn from @candidate"
+        assert registry.record().aliases == {CHAMPION: "1", CHALLENGER: "2"}
+
+        monkeypatch.setenv("DRIFTLOOP_PROMOTION_MARGIN", "-1")
+        land(home, rows=1500, batch_rows=1500, seed=4)
+        queued = train(home).output_for_node("promotion_gate")
+    assert queued.challenger_version == "4" and queued.action == f"{QUEUED_ACTION} of v2"
+    assert registry.record().aliases == {CHAMPION: "1", CHALLENGER: "2", CANDIDATE: "4"}
+    # What serving could have read during both retrains: never an ungated version.
+    assert {version for _, version in watcher.seen} == {"1", "2"}
+
+    registry.end_canary("2", promoted=True, expected_champion="1")  # v2's canary ends
+    assert registry.record().aliases == {CHAMPION: "2", PREVIOUS: "1", CHALLENGER: "4"}

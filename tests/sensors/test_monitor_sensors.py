@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from driftloop.data import BatchStore
 from driftloop.registry import CHALLENGER, CHAMPION, Registry
+from driftloop.schema import load_schema
 from driftloop.settings import Settings, load_settings
 from driftloop.simulate import DriftPlan, LoanStream
 from driftloop.training import TRUSTED_TYPES
@@ -36,8 +37,21 @@ def monitored(tmp_path_factory: pytest.TempPathFactory):
         yield settings
 
 
-def replace_log(settings: Settings, plan: DriftPlan, rows: int, name: str) -> None:
-    """The serving log holds only these rows, in files as the serving app writes them."""
+def replace_log(
+    settings: Settings,
+    plan: DriftPlan,
+    rows: int,
+    name: str,
+    blank: dict[str, float] | None = None,
+    legacy: bool = False,
+) -> None:
+    """The serving log holds only these rows, in files as the serving app writes them.
+
+    Half the labels come back by request id and half by business id only, plus three for
+    ids never served; `blank` makes that share of a feature's served values null (after
+    the model saw them); `legacy` writes the log of a server from before ids (no `id`,
+    `probabilities`, `unseen`; feedback by request id only).
+    """
     for log in (settings.prediction_log, settings.feedback_log):
         for path in log.local_path.glob("*.parquet"):
             path.unlink()
@@ -49,6 +63,10 @@ def replace_log(settings: Settings, plan: DriftPlan, rows: int, name: str) -> No
     probabilities = model.predict_proba(features)
     now = datetime.now(UTC)
     ids = [f"{name}-{i}" for i in range(rows)]
+    business = [f"{name}-loan-{i}" for i in range(rows)]
+    rng = np.random.default_rng(0)
+    for column, share in (blank or {}).items():
+        features[column] = features[column].astype(object).mask(rng.random(rows) < share, None)
     predictions = features.assign(
         request_id=ids,
         index=0,
@@ -60,7 +78,22 @@ def replace_log(settings: Settings, plan: DriftPlan, rows: int, name: str) -> No
         probability=probabilities.max(axis=1),
         latency_ms=1.0,
     )
-    feedback = pd.DataFrame({"request_id": ids, "at": now, "label": frame["label"].astype(str)})
+    labels = frame["label"].astype(str).tolist()
+    if legacy:
+        feedback = pd.DataFrame({"request_id": ids, "at": now, "label": labels})
+    else:
+        predictions = predictions.assign(
+            id=business, probabilities=probabilities.tolist(), unseen=None
+        )
+        by_id = np.arange(rows) % 2 == 1
+        feedback = pd.DataFrame(
+            {
+                "request_id": [*np.where(by_id, None, ids), None, None, None],
+                "id": [*np.where(by_id, business, None), "x-1", "x-2", "x-3"],
+                "at": now,
+                "label": [*labels, "1", "0", "1"],
+            }
+        )
     for log, table in [(settings.prediction_log, predictions), (settings.feedback_log, feedback)]:
         log.write_frame(f"{name}.parquet", table)
 
@@ -127,7 +160,9 @@ def test_monitors_export_gauges_to_the_pushgateway(monitored: Settings, monkeypa
         settings = load_settings()
         prepare_dagster_home(settings)
         with dg.DagsterInstance.get() as instance:
-            replace_log(settings, DriftPlan(covariate_shift_at=0), 1000, "gauges")
+            # A log from before ids and class probabilities still judges (binary: the
+            # predicted class's probability gives both).
+            replace_log(settings, DriftPlan(covariate_shift_at=0), 1000, "gauges", legacy=True)
             run_monitors(settings, instance)
             drift, quality = (
                 instance.get_latest_materialization_event(
@@ -145,6 +180,15 @@ def test_monitors_export_gauges_to_the_pushgateway(monitored: Settings, monkeypa
         s.labels["model_version"]: s.value for s in families["driftloop_live_accuracy"].samples
     }
     assert accuracy == {version: pytest.approx(quality[f"accuracy/v{version}"].value)}
+    metric = quality["metric"].value
+    (score,) = families["driftloop_live_metric"].samples
+    expected = {"job": "driftloop", "monitor": "live_quality", "model_version": version}
+    assert score.labels.items() >= {**expected, "metric": metric}.items()
+    assert score.value == pytest.approx(quality[f"{metric}/v{version}"].value)
+    assert np.isfinite(score.value)
+    nulls = {s.labels["feature"]: s.value for s in families["driftloop_null_share"].samples}
+    features = load_schema(settings.schema_path).feature_names
+    assert nulls == {f: drift[f"null_share/{f}"].value for f in features} and nulls["age"] == 0
 
 
 def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) -> None:
@@ -158,11 +202,20 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
         materialization = instance.get_latest_materialization_event(
             dg.AssetKey("live_model_quality")
         ).asset_materialization
-        change = materialization.metadata["change_at_sample"].value
+        metadata = materialization.metadata
+        change = metadata["change_at_sample"].value
         assert 1500 <= change < 2100
-        assert materialization.metadata["quality_drop"].value > 0.1
+        # every label joined, by request id or by business id; the unknown ids counted
+        assert metadata["labelled"].value == 3000 and metadata["unmatched_labels"].value == 3
+        metric = metadata["metric"].value
+        assert metadata["quality_drop_metric"].value == metric  # computable on both sides
+        assert metadata["quality_drop"].value > 0.1
+        assert metadata[f"{metric}_before_change"].value != metadata[f"{metric}_after_change"]
         (request,) = evaluate(quality_sensor(settings), instance).run_requests
         assert request.tags[TRIGGER_TAG] == "quality"
+        assert (
+            f" in {metric} at labelled sample {change}" in request.tags["driftloop/trigger_reason"]
+        )
         # The cursor an asset sensor of the same name left (a bare event id) still works.
         (again,) = evaluate(quality_sensor(settings), instance, cursor="0").run_requests
         assert again.run_key == request.run_key
@@ -209,6 +262,27 @@ def test_a_quality_drop_stays_pending_until_its_rows_have_landed(
         assert request.tags["driftloop/trigger_reason"].startswith("quality drop")
         done = evaluate(sensor, instance, fired.cursor)
         assert done.run_requests == [] and "no quality drop" in done.skip_message
+
+
+def test_a_null_share_jump_is_reported_as_its_own_reason(monitored: Settings, monkeypatch) -> None:
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_COOLDOWN_S", "0")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_MIN_ROWS", "0")
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        # Only missing values change (Evidently leaves nulls out; the null share does not).
+        replace_log(settings, DriftPlan(), 1000, "blanked", blank={"salary": 0.6})
+        run_monitors(settings, instance)
+        metadata = instance.get_latest_materialization_event(
+            dg.AssetKey("feature_drift_report")
+        ).asset_materialization.metadata
+        assert metadata["null_jump_columns"].value == ["salary"]
+        served = metadata["null_share/salary"].value
+        assert served == pytest.approx(0.6, abs=0.05) and metadata["null_share/age"].value == 0
+        assert f"| salary | 0.000 | {served:.3f} | True |" in metadata["null_shares"].value
+        (request,) = evaluate(drift_sensor(settings), instance).run_requests
+        assert request.tags[TRIGGER_TAG] == "drift"
+        assert 'null share jump in ["salary"]' in request.tags["driftloop/trigger_reason"]
 
 
 def test_canary_sensor_acts_only_for_the_canary_policy_and_a_challenger(

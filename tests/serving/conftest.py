@@ -12,12 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
+from ray import serve
+from sklearn.datasets import load_breast_cancer
 
 from driftloop.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry
 from driftloop.settings import Settings, load_settings
 from serving import launch
-from serving.app import ServeArgs
+from serving.app import ServeArgs, build_app
+from serving.model import LoadedModel, ModelStore
 from tests.conftest import FAST_ENV, land, train
 
 ADMIN_KEY = "test-admin-key"
@@ -101,3 +106,74 @@ def artifact_file(settings: Settings, registry: Registry, version: str) -> Path:
     model_id = source.removeprefix("models:/")
     model = registry.client.get_logged_model(model_id)
     return Path(model.artifact_location.removeprefix("file://")) / "model.skops"
+
+
+# A second application on the same Ray instance, serving a model of real data.
+REAL_APP, REAL_PREFIX = "real", "/real"
+# Share of cells blanked at random per column in the real table.
+BLANKED = {"radius": 0.1, "texture": 0.08, "large": 0.1, "texture_band": 0.12}
+
+
+def cancer_table(seed: int = 0) -> pd.DataFrame:
+    """scikit-learn's breast cancer data as a team would have it: a case id, gaps in some
+    columns, a bool column (large tumours) and a text column (texture bands)."""
+    data = load_breast_cancer(as_frame=True)
+    source = data.frame
+    table = pd.DataFrame(
+        {
+            "case": [f"case-{i:04d}" for i in range(len(source))],
+            "radius": source["mean radius"],
+            "texture": source["mean texture"],
+            "smoothness": source["mean smoothness"],
+            "concavity": source["worst concavity"],
+            "symmetry": source["mean symmetry"],
+            "large": (source["mean area"] > source["mean area"].median()).astype(object),
+            "texture_band": pd.cut(
+                source["mean texture"],
+                [0, 16, 20, 24, 100],
+                labels=["smooth", "fine", "coarse", "rough"],
+            ).astype(object),
+            "label": data.target,
+        }
+    )
+    rng = np.random.default_rng(seed)
+    for name, share in BLANKED.items():
+        table.loc[rng.random(len(table)) < share, name] = None
+    return table
+
+
+@dataclass(frozen=True)
+class RealServed:
+    settings: Settings
+    url: str
+    model: LoadedModel  # the champion as a replica loads it, to compare answers with
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+
+@pytest.fixture(scope="package")
+def real_served(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealServed]:
+    """The breast cancer table landed as a Parquet file in a home of its own, trained through
+    the Dagster jobs (business id column configured), served at `/real` beside the loans."""
+    saved = dict(os.environ)
+    os.environ["DRIFTLOOP_HOME"] = str(tmp_path_factory.mktemp("real") / "home")
+    os.environ["DRIFTLOOP_ID_COLUMNS"] = "case"
+    os.environ.pop("DAGSTER_HOME", None)
+    try:
+        settings = load_settings()
+        settings.landing.write_frame("cancer.parquet", cancer_table())
+        assert train(settings).success
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
+    info = registry.by_alias(CHAMPION)
+    assert info is not None, "the real table's first model was not promoted"
+    model = ModelStore(registry, tmp_path_factory.mktemp("real-cache")).load(CHAMPION, info)
+    args = ServeArgs(home=str(settings.home), poll_interval_s=0.2)
+    serve.run(build_app(args), name=REAL_APP, route_prefix=REAL_PREFIX)
+    try:
+        yield RealServed(settings=settings, url=served.url + REAL_PREFIX, model=model)
+    finally:
+        serve.delete(REAL_APP)

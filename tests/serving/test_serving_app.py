@@ -98,6 +98,7 @@ def test_champion_answers_in_kserve_shape(served: Served) -> None:
     assert len(body["predictions"]) == len(body["probabilities"]) == 2
     assert all(math.isclose(sum(p), 1.0) for p in body["probabilities"])
     assert len(body["request_id"]) == 32
+    assert body["ids"] == [None, None]
 
 
 BAD_BODIES = {
@@ -108,6 +109,8 @@ BAD_BODIES = {
         "loan",
     ),
     "unknown field": (json.dumps({"instances": [{**INSTANCE, "colour": 1}]}), 422, "colour"),
+    "null feature": (json.dumps({"instances": [{**INSTANCE, "loan": None}]}), 422, "loan"),
+    "id too long": (json.dumps({"instances": [{**INSTANCE, "id": "x" * 257}]}), 422, "id"),
     "NaN": (json.dumps({"instances": [{**INSTANCE, "salary": float("nan")}]}), 422, "salary"),
     "inf": (json.dumps({"instances": [{**INSTANCE, "loan": float("inf")}]}), 422, "loan"),
     "int beyond 64 bits": (json.dumps({"instances": [{**INSTANCE, "age": 10**22}]}), 422, "age"),
@@ -208,6 +211,9 @@ def test_shadow_answers_with_champion_and_logs_both(served: Served) -> None:
     shadow = mine[mine.route == "shadow"]
     assert set(shadow.model_version) == {served.challenger}
     assert {"salary", "probability", "latency_ms", "at", "prediction"} <= set(log.columns)
+    assert {"id", "probabilities", "unseen"} <= set(log.columns)
+    assert all(math.isclose(sum(p), 1.0) for p in mine.probabilities)
+    assert (mine.probability == [max(p) for p in mine.probabilities]).all()
 
 
 def test_feedback_is_logged(served: Served) -> None:
@@ -215,11 +221,19 @@ def test_feedback_is_logged(served: Served) -> None:
         one = client.post("/v1/feedback", json={"request_id": "r-1", "label": 1})
         pair = [{"request_id": "r-2", "label": 0}, {"request_id": "r-3", "label": 1}]
         many = client.post("/v1/feedback", json=pair)
+        by_id = client.post("/v1/feedback", json={"id": "loan-5", "label": 0})
         bad = client.post("/v1/feedback", json={"request_id": "r-4"})
-    assert (one.json(), many.json()) == ({"accepted": 1}, {"accepted": 2})
-    assert bad.status_code == 422
+        both = client.post("/v1/feedback", json={"request_id": "r-4", "id": "l-4", "label": 1})
+    assert (one.json(), many.json(), by_id.json()) == (
+        {"accepted": 1},
+        {"accepted": 2},
+        {"accepted": 1},
+    )
+    assert bad.status_code == both.status_code == 422
+    assert "label" in bad.text and "exactly one of 'request_id'" in both.text
     log = read_log(served, "feedback")
     assert {"r-1", "r-2", "r-3"} <= set(log.request_id)
+    assert log.loc[log.id == "loan-5", "request_id"].isna().all()
 
 
 def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
@@ -240,8 +254,15 @@ def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
         assert answers[-1][1] == served.champion
         ready = client.get("/readyz").json()
         assert 'driftloop_serving_alerts_total{kind="rollback"}' in client.get("/metrics").text
+        # A client retrying the rollback it timed out on must not put the bad model back.
+        retried = client.post(
+            "/admin/rollback", headers=ADMIN, json={"expected_champion": served.challenger}
+        )
+        assert retried.status_code == 200, retried.text
+        assert retried.json()["champion"]["version"] == served.champion
     assert ready["champion"]["version"] == served.champion
     assert served.registry.by_alias(CHAMPION).version == served.champion
+    served.registry.set_alias(CHALLENGER, served.challenger)  # the package's fixture state
 
 
 def test_tampered_artifact_is_refused_and_old_version_keeps_answering(served: Served) -> None:

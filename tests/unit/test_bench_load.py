@@ -38,8 +38,8 @@ def url() -> Iterator[str]:
 
 @pytest.mark.parametrize("generator", ["wrk", "asyncio"])
 def test_load_counts_answers_and_errors(url: str, generator: str, monkeypatch) -> None:
-    if generator == "wrk" and shutil.which("wrk") is None:
-        pytest.skip("wrk is not installed (CI installs it)")
+    if generator == "wrk":
+        assert shutil.which("wrk"), "wrk missing: apt-get install wrk (./run.sh test does)"
     if generator == "asyncio":
         monkeypatch.setattr(bench.shutil, "which", lambda _: None)
     body = {"instances": [{"x": 1}]}

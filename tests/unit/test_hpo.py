@@ -1,7 +1,17 @@
-"""Fold scoring in worker processes must give exactly what fitting in-process gives."""
+"""The search: fold scoring in worker processes gives exactly what fitting in-process
+gives, and the study optimises the schema's metric in that metric's direction."""
 
-from driftloop.hpo import fold_scorer
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from driftloop.data import BATCH_COLUMN, build_training_set
+from driftloop.hpo import fold_scorer, open_study, run_search
 from driftloop.schema import infer_schema
+from driftloop.settings import load_settings
 from driftloop.simulate import LoanStream
 from driftloop.training import Folds
 
@@ -24,3 +34,30 @@ def test_pooled_folds_score_exactly_as_in_process() -> None:
         assert pooled is not folds and len(pooled) == 3
         assert [pooled.score(PARAMS, fold) for fold in range(3)] == here
     assert all(0.5 < score <= 1 for score in here)
+
+
+def test_the_study_optimises_the_schema_metric_in_its_direction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path))
+    for key, value in {"N_TRIALS": "3", "CV_FOLDS": "2", "HPO_PARALLEL": "1"}.items():
+        monkeypatch.setenv(f"DRIFTLOOP_{key}", value)
+    settings = load_settings()
+    frame = LoanStream(seed=3).take_frame(600, "label").assign(**{BATCH_COLUMN: "b1"})
+    schema = replace(infer_schema(frame.drop(columns=BATCH_COLUMN), "label"), metric="log_loss")
+    training = build_training_set(frame, schema, 0.2, settings.seed)
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    experiment = client.create_experiment("hpo")
+    result = run_search(training, settings, experiment, {}, lambda _: None)
+
+    assert result.metric == "log_loss" and "-log_loss-" in result.study_name
+    study = open_study(settings, result.study_name)  # a reader: loads, never creates
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    values = [t.value for t in study.trials if t.value is not None]
+    assert result.best_cv_score == min(values) and result.best_so_far[-1] == min(values)
+    assert list(result.best_so_far) == sorted(result.best_so_far, reverse=True)
+    parent = client.get_run(result.parent_run_id).data
+    assert parent.tags["driftloop.metric_direction"] == "minimize"
+    assert parent.metrics["best_cv_log_loss"] == parent.metrics["best_cv_score"] == min(values)
+    trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(trials) == 3 and all("cv_log_loss" in run.data.metrics for run in trials)

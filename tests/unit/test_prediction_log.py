@@ -11,11 +11,12 @@ import pyarrow as pa
 from driftloop.logwindows import window_file, window_start
 from driftloop.monitoring import read_log
 from driftloop.storage import Folder
-from serving.prediction_log import FEEDBACK_SCHEMA, ParquetLog
+from serving.prediction_log import FEEDBACK_SCHEMA, ParquetLog, prediction_schema
+from serving.schemas import FeatureField
 
 
 def feedback(request_id: str) -> dict[str, object]:
-    return {"request_id": request_id, "at": datetime.now(UTC), "label": "1"}
+    return {"request_id": request_id, "id": None, "at": datetime.now(UTC), "label": "1"}
 
 
 def test_window_files_are_published_whole_and_read_back(folder: Folder) -> None:
@@ -54,3 +55,34 @@ def test_reading_a_recent_window_skips_files_of_older_windows(folder: Folder) ->
     assert list(read_log(folder, since, window)["request_id"]) == ["recent"]
     assert window_start(window_file(1_800_000_000, "w3")) == 1_800_000_000
     assert window_start("notes.parquet") is None
+
+
+def test_predictions_keep_ids_probabilities_unseen_and_missing_features(folder: Folder) -> None:
+    features = (
+        FeatureField("age", "int", nullable=True),
+        FeatureField("owner", "bool", nullable=True),
+        FeatureField("colour", "str"),
+    )
+    common = {"at": datetime.now(UTC), "model_version": "3", "route": "champion", "key": None}
+    common |= {"prediction": "1", "latency_ms": 2.5}
+    records = [
+        {**common, "request_id": "r1", "index": 0, "id": "loan-7", "probability": 0.75}
+        | {"probabilities": [0.25, 0.75], "unseen": None, "age": 41, "owner": True}
+        | {"colour": "red"},
+        {**common, "request_id": "r1", "index": 1, "id": None, "probability": 0.5}
+        | {"probabilities": [0.5, 0.5], "unseen": "colour", "age": None, "owner": None}
+        | {"colour": "mauve"},
+    ]
+    predictions, labels = folder.child("predictions"), folder.child("feedback")
+    log = ParquetLog(predictions, prediction_schema(features), "w4", 3600, 10, print, 0.05)
+    log.append(records)
+    log.close()
+    frame = read_log(predictions)
+    assert frame["id"].tolist() == ["loan-7", None]
+    assert [list(p) for p in frame["probabilities"]] == [[0.25, 0.75], [0.5, 0.5]]
+    assert frame["unseen"].tolist() == [None, "colour"]
+    assert frame["owner"].tolist() == [True, None] and frame["age"].isna().tolist() == [False, True]
+    log = ParquetLog(labels, FEEDBACK_SCHEMA, "w5", 3600, 10, print, 0.05)
+    log.append([{"request_id": None, "id": "loan-7", "at": datetime.now(UTC), "label": "0"}])
+    log.close()
+    assert read_log(labels)[["request_id", "id"]].values.tolist() == [[None, "loan-7"]]
