@@ -213,13 +213,24 @@ def ingest(settings: Settings, key: str) -> IngestOutcome:
         checks = validate_batch(frame, in_force, settings.min_rows, nulls)
         if not all(c.passed for c in checks):
             return _reject(settings, key, name, checks, rows=len(frame))
-    stored = store.write(key, conform(frame, in_force))
-    # A batch is dated by when its file landed, not when a (possibly queued) run ingested
-    # it: training windows after a detected change select by this time.
-    os.utime(stored, ns=(landed.mtime_ns, landed.mtime_ns))
+    rows = conform(frame, in_force)
+    stored = store.write(key, rows)
+    # A batch is dated by its newest row when the schema has a timestamp column, else by
+    # when its file landed (not when a possibly queued run ingested it): training windows
+    # after a detected change, and labels joined from batches, select by this time.
+    dated = batch_time_ns(rows, in_force.timestamp_column) or landed.mtime_ns
+    os.utime(stored, ns=(dated, dated))
     labels = frame[in_force.target].value_counts().sort_index()
     counts = {str(k): int(v) for k, v in labels.items()}
     return IngestOutcome(key, True, len(frame), checks, str(stored), counts, file=name)
+
+
+def batch_time_ns(rows: pd.DataFrame, timestamp_column: str | None) -> int | None:
+    """The newest row's time (ns since the epoch), or None without a usable timestamp."""
+    if timestamp_column is None or timestamp_column not in rows.columns:
+        return None
+    newest = rows[timestamp_column].max()
+    return None if pd.isna(newest) else int(newest.value)
 
 
 def column_rules(settings: Settings) -> ColumnRules:

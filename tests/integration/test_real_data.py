@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from driftloop.data import TrainingSet
+from driftloop.data import BatchStore, TrainingSet
 from driftloop.metrics import metric_named
 from driftloop.registry import CHAMPION, Registry
 from driftloop.schema import DatasetSchema, load_schema
@@ -109,6 +109,11 @@ def test_real_table_trains_serves_and_takes_feedback(
     schema = load_schema(settings.schema_path)
     assert schema is not None
     training: TrainingSet = result.output_for_node("training_dataset")
+    if schema.timestamp_column is not None:  # the batch is dated by its newest row
+        store = BatchStore(settings.batches)
+        (key,) = store.keys()
+        newest = pd.read_parquet(store.path(key))[schema.timestamp_column].max()
+        assert store.path(key).stat().st_mtime_ns == newest.value
     registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
     champion = registry.by_alias(CHAMPION)
     assert champion is not None, "the first model passing the floor becomes @champion"
