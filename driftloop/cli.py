@@ -498,7 +498,11 @@ def _print_settings(settings: Settings) -> None:
 
     schema = load_schema(settings.schema_path)
     metric = schema.metric if schema else settings.metric or "chosen from the first file"
-    admin = "on (X-API-Key)" if settings.admin_api_key else "off (DRIFTLOOP_ADMIN_API_KEY unset)"
+    admin = (
+        "on (X-API-Key)"
+        if settings.admin_api_key
+        else "off (DRIFTLOOP_ADMIN_API_KEY unset or empty)"
+    )
     print(f"driftloop home {settings.home}")
     print(
         f"  target column {settings.target_column!r}, metric {metric}, "

@@ -483,7 +483,7 @@ def run_demo(
         "dagster": free_port(base.dagster_port),
         "mlflow": free_port(base.mlflow_port),
     }
-    env = child_env(home, plan, ports, secrets.token_urlsafe(16))
+    env = child_env(home, plan, ports, secrets.token_urlsafe(32))
     settings = Settings(home=home).model_copy(
         update={
             "dagster_port": ports["dagster"],

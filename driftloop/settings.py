@@ -10,19 +10,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from driftloop.storage import Folder, is_s3
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# An admin key is a secret guessed online: 32 characters (e.g. `secrets.token_urlsafe(32)`).
+MIN_ADMIN_KEY_CHARS = 32
+
+
+class WeakAdminKey(Exception):
+    """The admin key is too short to use; serving (and every command) refuses to start."""
 
 
 class Settings(BaseSettings):
     """Configuration with embedded-mode defaults; paths derive from `home` unless set."""
 
-    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_", frozen=True, extra="ignore")
+    # Errors never echo a value: some are secrets (the webhook URL, the keys).
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLOOP_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
 
     home: Path = Field(default=Path(".driftloop"), description="Root of all local state.")
     landing_dir: str | None = Field(
@@ -118,14 +128,39 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
     admin_api_key: SecretStr | None = Field(
-        default=None, description="Key for the serving admin endpoints; unset disables them."
+        default=None,
+        description=f"Key for the serving admin endpoints, at least {MIN_ADMIN_KEY_CHARS} "
+        "characters; unset, empty or blank turns them off.",
     )
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _admin_key(cls, key: SecretStr | None) -> SecretStr | None:
+        # Compose passes `${VAR:-}` as "": that must mean off, never "the empty key".
+        value = key.get_secret_value().strip() if key is not None else ""
+        if not value:
+            return None
+        if len(value) < MIN_ADMIN_KEY_CHARS:
+            # Not a ValueError: pydantic would print the key itself in its error.
+            raise WeakAdminKey(
+                f"DRIFTLOOP_ADMIN_API_KEY has {len(value)} characters, fewer than the "
+                f"{MIN_ADMIN_KEY_CHARS} an admin key needs: generate one with `python -c "
+                "'import secrets; print(secrets.token_urlsafe(32))'`, or leave it empty to "
+                "turn the admin endpoints off."
+            )
+        return SecretStr(value)
+
     canary_weight: float = Field(
         default=0.0, ge=0, le=1, description="Share of traffic the challenger answers."
     )
     serve_replicas: int = Field(default=1, ge=1)
     serve_max_instances: int = Field(
         default=1000, ge=1, description="Instances per predict request; more is a 413."
+    )
+    serve_max_body_bytes: int = Field(
+        default=2**20,
+        ge=1,
+        description="Largest request body serving reads, in bytes; more is a 413 before parsing.",
     )
     serve_max_batch_rows: int = Field(
         default=256, ge=1, description="Rows one model call may take across batched requests."
@@ -173,6 +208,17 @@ class Settings(BaseSettings):
     serving_url: str = Field(
         default="http://127.0.0.1:8000", description="Where the canary job reaches serving."
     )
+    alert_webhook_url: SecretStr | None = Field(
+        default=None,
+        description="Where alerts are posted (Slack-compatible or PagerDuty Events v2); unset "
+        "sends none, or PagerDuty's endpoint with the pagerduty format.",
+    )
+    alert_format: Literal["slack", "pagerduty"] = Field(
+        default="slack", description="The alert body: Slack-compatible JSON or PagerDuty Events v2."
+    )
+    pagerduty_routing_key: SecretStr | None = Field(
+        default=None, description="The PagerDuty integration key the pagerduty format needs."
+    )
     canary_steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
     canary_min_samples: int = Field(default=100, ge=2, description="Outcomes per arm to judge.")
     canary_max_samples: int = Field(default=5_000, ge=2)
@@ -193,6 +239,31 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("alert_webhook_url", "pagerduty_routing_key")
+    @classmethod
+    def _empty_is_unset(cls, secret: SecretStr | None) -> SecretStr | None:
+        # Compose passes `${VAR:-}`: an empty secret means none.
+        return secret if secret and secret.get_secret_value().strip() else None
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _webhook(cls, url: SecretStr | None) -> SecretStr | None:
+        # Checked at start so a typo fails loudly once, not silently inside every alert; the
+        # message never holds the URL, which often carries a token.
+        if url is not None and not _is_http_url(url.get_secret_value().strip()):
+            raise ValueError(
+                "DRIFTLOOP_ALERT_WEBHOOK_URL must be an http:// or https:// URL with a host"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _pagerduty_has_a_key(self) -> Settings:
+        if self.alert_format == "pagerduty" and self.pagerduty_routing_key is None:
+            raise ValueError(
+                "DRIFTLOOP_ALERT_FORMAT=pagerduty needs DRIFTLOOP_PAGERDUTY_ROUTING_KEY"
+            )
+        return self
 
     @field_validator("home")
     @classmethod
@@ -282,6 +353,15 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest table a landed Parquet file may decode to (bytes, from its footer).",
     )
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it raises on a port that is not a number
+    except ValueError:  # that, or an unbalanced "[" in the host
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def load_settings() -> Settings:

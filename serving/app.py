@@ -15,6 +15,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -25,6 +26,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftloop.registry import (
     CHALLENGER,
@@ -62,6 +65,7 @@ from serving.schemas import (
     Readiness,
     RoutingUpdate,
     build_request_models,
+    feedback_body,
 )
 
 logger = logging.getLogger("ray.serve")
@@ -116,6 +120,41 @@ class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     expected_champion: str | None = Field(default=None, max_length=32)
+
+
+class BodyLimit:
+    """A 413 for a request body over `max_bytes`, before anything parses it: by its
+    Content-Length before a byte is read, and by counting what arrives (a chunked body, or a
+    client that lies about its length)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, on_refused: Callable[[], None]) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.on_refused = on_refused
+        self.detail = f"the request body is over {max_bytes} bytes (DRIFTLOOP_SERVE_MAX_BODY_BYTES)"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            self.on_refused()
+            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # FastAPI passes an HTTPException raised while reading the body through.
+                self.on_refused()
+                raise HTTPException(413, self.detail)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 @dataclasses.dataclass
@@ -524,12 +563,17 @@ def build_api(server: ModelServer) -> FastAPI:
     )
     predict_model = server.request_models.predict
     max_instances = server.settings.serve_max_instances
+    feedback_model = feedback_body(max_instances)
     name = server.settings.model_name
-    admin_key = server.settings.admin_api_key
+    admin_key = server.settings.admin_api_key  # None when unset, empty or blank
 
     def refused(status: int) -> None:
         """Count answers that are not predictions, for the error-rate alert."""
         server.metrics.requests.labels("none", "refused", str(status)).inc()
+
+    api.add_middleware(
+        BodyLimit, max_bytes=server.settings.serve_max_body_bytes, on_refused=lambda: refused(413)
+    )
 
     @api.exception_handler(Exception)
     async def _crashed(request: Request, error: Exception) -> Response:
@@ -542,13 +586,14 @@ def build_api(server: ModelServer) -> FastAPI:
         problems = error.errors()
         # A batch over the maximum is a size problem (413), not a malformed request (422).
         for problem in problems:
-            if problem.get("type") == "too_long" and tuple(problem.get("loc", ()))[:2] in {
+            if problem.get("type") == "too_long" and tuple(problem.get("loc", ())) in {
                 ("body", "instances"),
-                ("body",),
+                ("body", "items"),
             }:
+                what = "instances" if problem["loc"][1] == "instances" else "feedback items"
                 refused(413)
                 return JSONResponse(
-                    {"detail": f"at most {max_instances} instances per request"}, status_code=413
+                    {"detail": f"at most {max_instances} {what} per request"}, status_code=413
                 )
         # Without the offending input: it may be NaN (not JSON) or large, and is the caller's.
         detail = [{k: p[k] for k in ("type", "loc", "msg") if k in p} for p in problems]
@@ -557,9 +602,11 @@ def build_api(server: ModelServer) -> FastAPI:
 
     def require_admin(x_api_key: Annotated[str | None, Header()] = None) -> None:
         if admin_key is None:
-            raise HTTPException(403, "admin endpoints are off: DRIFTLOOP_ADMIN_API_KEY is unset")
-        if x_api_key is None:
-            raise HTTPException(401, "missing X-API-Key header")
+            raise HTTPException(
+                403, "admin endpoints are off: DRIFTLOOP_ADMIN_API_KEY is unset or empty"
+            )
+        if not x_api_key or not x_api_key.strip():
+            raise HTTPException(401, "missing or empty X-API-Key header")
         if not hmac.compare_digest(x_api_key.encode(), admin_key.get_secret_value().encode()):
             raise HTTPException(403, "wrong API key")
 
@@ -576,14 +623,9 @@ def build_api(server: ModelServer) -> FastAPI:
             raise HTTPException(404, f"no model named {model!r}; this server serves {name!r}")
         return await server.predict(body.instances)  # type: ignore[attr-defined]
 
-    @api.post("/v1/feedback")
-    def feedback(body: FeedbackItem | list[FeedbackItem]) -> FeedbackResponse:
-        items = body if isinstance(body, list) else [body]
-        if not items:
-            raise HTTPException(422, "no feedback items")
-        if len(items) > max_instances:
-            raise HTTPException(413, f"at most {max_instances} feedback items per request")
-        return server.feedback(items)
+    @api.post("/v1/feedback", responses={413: {"description": "too many or too large"}})
+    def feedback(body: feedback_model) -> FeedbackResponse:  # type: ignore[valid-type]
+        return server.feedback(body if isinstance(body, list) else [body])
 
     @api.get("/healthz")
     def healthz() -> dict[str, str]:

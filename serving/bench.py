@@ -331,7 +331,7 @@ def bench_ours(settings: Settings, instance: dict, seconds: float, replicas: int
     path = f"/v1/models/{settings.model_name}:predict"
     registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
     aliases = {a: registry.by_alias(a) for a in (CHAMPION, CHALLENGER, PREVIOUS)}
-    os.environ.setdefault("DRIFTLOOP_ADMIN_API_KEY", "bench-" + os.urandom(8).hex())
+    os.environ.setdefault("DRIFTLOOP_ADMIN_API_KEY", "bench-" + os.urandom(16).hex())
     key = os.environ["DRIFTLOOP_ADMIN_API_KEY"]
     args = ServeArgs(home=str(settings.home), num_replicas=replicas)
     results: dict[str, Any] = {}

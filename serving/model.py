@@ -4,10 +4,13 @@ A version is only served after its artifact's SHA-256 matches the registry tag, 
 with the skops allow-list, and it answers its own input example with finite probabilities.
 Every verified artifact is copied under `DRIFTLOOP_HOME/serving/models/` and the last good
 version per alias is recorded, so a replica starts and keeps serving while MLflow is down.
+The cache is never trusted: a copy is hashed again before every load from it, and an
+altered one is replaced by the verified download (or refused when the registry is down).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -125,7 +128,8 @@ class ModelStore:
         self.last_good_path = cache_dir / "last_good.json"
 
     def load(self, alias: str, info: VersionInfo) -> LoadedModel:
-        """Download, verify the digest, copy to the local cache, load and warm up."""
+        """Download, verify the digest, keep a verified copy in the local cache, load the
+        download itself (what was hashed, not a copy that could change since) and warm up."""
         if info.sha256 is None:
             raise ModelRejected(f"version {info.version} has no sha256 tag")
         with tempfile.TemporaryDirectory(dir=self._tmp_root()) as tmp:
@@ -136,8 +140,8 @@ class ModelStore:
                     f"version {info.version} artifact digest {actual[:12]}… does not match "
                     f"the registered {info.sha256[:12]}…; refusing to load it"
                 )
-            cached = self._keep(info.version, info.sha256, local)
-        model = _open(alias, info.version, info.sha256, "registry", cached)
+            self._keep(info.version, info.sha256, local)
+            model = _open(alias, info.version, info.sha256, "registry", local)
         self._remember(alias, model)
         return model
 
@@ -159,19 +163,26 @@ class ModelStore:
         if last_good.pop(alias, None) is not None:
             self._write_last_good(last_good)
 
-    def _keep(self, version: str, sha256: str, local: Path) -> Path:
+    def _keep(self, version: str, sha256: str, local: Path) -> None:
+        """`local` (verified) as the cached copy: an existing copy is kept only while it
+        still hashes to `sha256`; an altered one is moved aside and replaced."""
         target = self._version_dir(version, sha256)
         if target.exists():
-            return target
+            if directory_sha256(target) == sha256:
+                return
+            logger.warning("the cached copy of v%s was altered; replacing it", version)
+            aside = Path(tempfile.mkdtemp(dir=self._tmp_root()))
+            with contextlib.suppress(OSError):  # another replica sharing the disk moved it
+                target.rename(aside / "altered")
+            shutil.rmtree(aside, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(dir=self._tmp_root()))
         shutil.copytree(local, staging, dirs_exist_ok=True)
         try:
             staging.rename(target)  # atomic: replicas sharing the disk never see half a copy
-        except OSError:
+        except OSError:  # another replica put its copy there first: fine if it is intact
             shutil.rmtree(staging, ignore_errors=True)
-            if not target.exists():
+            if not target.exists() or directory_sha256(target) != sha256:
                 raise
-        return target
 
     def _version_dir(self, version: str, sha256: str) -> Path:
         return self.models_dir / f"v{version}-{sha256[:16]}"

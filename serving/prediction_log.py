@@ -4,7 +4,10 @@ request path, into a folder or an S3 prefix.
 Requests only append to a bounded in-memory queue; a background thread writes one row
 group per flush into the open file of the current window and publishes it (a move from a
 hidden in-progress name) when the window ends, so a reader never sees a partial file.
-When the queue is full a record is dropped and counted, never waited for.
+The queue is bounded in records (`DRIFTLOOP_PREDICTION_LOG_CAPACITY`) and in approximate
+bytes (`max_bytes`, 64 MiB: strings by length, anything else 8 bytes); a record that does
+not fit is dropped and counted, never waited for. A record pyarrow cannot write is found
+by writing the batch's records one by one, and only it is dropped (and counted).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
+
+# Approximate bytes the queue may hold: ~100,000 typical prediction records (~400 bytes).
+MAX_QUEUE_BYTES = 64 * 2**20
 
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
 
@@ -80,15 +86,21 @@ class ParquetLog:
         capacity: int,
         on_drop: Callable[[int], None],
         flush_interval_s: float = 1.0,
+        max_bytes: int = MAX_QUEUE_BYTES,
     ) -> None:
         self.folder = folder
         self.schema = schema
         self.writer_id = writer_id
         self.window_s = window_s
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.on_drop = on_drop
         self.flush_interval_s = flush_interval_s
-        self._queue: deque[dict[str, Any]] = deque()
+        # One entry per `append`: its records and their approximate size.
+        self._queue: deque[tuple[list[dict[str, Any]], int]] = deque()
+        self._queued = 0  # records
+        self._queued_bytes = 0
+        self._lock = threading.Lock()  # the counters change on two threads
         self._stop = threading.Event()
         self._writer: pq.ParquetWriter | None = None
         self._window: int | None = None
@@ -98,11 +110,22 @@ class ParquetLog:
 
     def append(self, records: list[dict[str, Any]]) -> None:
         """Queue records; drop (and count) what does not fit rather than block a request."""
-        room = self.capacity - len(self._queue)
-        if room < len(records):
-            self.on_drop(len(records) - max(room, 0))
-            records = records[: max(room, 0)]
-        self._queue.extend(records)
+        with self._lock:
+            count = min(len(records), max(self.capacity - self._queued, 0))
+            room = self.max_bytes - self._queued_bytes
+            size = 0
+            for i in range(count):
+                record_bytes = _approximate_bytes(records[i])
+                if size + record_bytes > room:
+                    count = i
+                    break
+                size += record_bytes
+            if count:
+                self._queue.append((records[:count] if count < len(records) else records, size))
+                self._queued += count
+                self._queued_bytes += size
+        if count < len(records):
+            self.on_drop(len(records) - count)
 
     def close(self) -> None:
         """Write what is queued and publish the open file (replica shutdown)."""
@@ -119,18 +142,44 @@ class ParquetLog:
         window = int(now // self.window_s) * self.window_s
         if self._window is not None and window != self._window:
             self._publish()
-        records = [self._queue.popleft() for _ in range(len(self._queue))]
+        records: list[dict[str, Any]] = []
+        with self._lock:
+            while self._queue:
+                batch, size = self._queue.popleft()
+                records.extend(batch)
+                self._queued -= len(batch)
+                self._queued_bytes -= size
         if not records:
             return
+        table = None
         try:
-            table = pa.Table.from_pylist(records, schema=self.schema)
+            table = self._table(records)
+            if not table.num_rows:
+                return
             if self._writer is None:
                 self._open(window)
             assert self._writer is not None
             self._writer.write_table(table)
         except Exception:  # the writer thread must outlive any bad record or store error
-            logger.exception("prediction log: dropping %d records", len(records))
-            self.on_drop(len(records))
+            lost = len(records) if table is None else table.num_rows
+            logger.exception("prediction log: dropping %d records", lost)
+            self.on_drop(lost)
+
+    def _table(self, records: list[dict[str, Any]]) -> pa.Table:
+        """The records as one table; if pyarrow refuses them, each record alone, so that a
+        record it cannot write is dropped (and counted) without its neighbours."""
+        try:
+            return pa.Table.from_pylist(records, schema=self.schema)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            pass
+        kept = []
+        for record in records:
+            try:
+                kept.append(pa.Table.from_pylist([record], schema=self.schema))
+            except (pa.ArrowException, OverflowError, TypeError, ValueError) as error:
+                logger.error("prediction log: dropping a record pyarrow refuses: %s", error)
+                self.on_drop(1)
+        return pa.concat_tables(kept).combine_chunks() if kept else self.schema.empty_table()
 
     def _open(self, window: int) -> None:
         self._upload = self.folder.upload(window_file(window, self.writer_id))
@@ -149,3 +198,17 @@ class ParquetLog:
             upload.abort()
         finally:
             self._writer, self._window = None, None
+
+
+def _approximate_bytes(record: dict[str, Any]) -> int:
+    """A record's size as the queue counts it: strings by length, lists by their items,
+    anything else 8 bytes (cheap enough for the request path; not Python's overhead)."""
+    size = 0
+    for value in record.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            size += 8 * len(value)
+        else:
+            size += 8
+    return size

@@ -6,6 +6,7 @@ The signature of the version being served decides the fields, so the OpenAPI sch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -13,16 +14,32 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictFloat,
     StrictInt,
+    Tag,
     create_model,
     model_validator,
 )
 
 FeatureType = Literal["int", "float", "str", "bool"]
-Label = StrictInt | StrictFloat | str | StrictBool
+# A class label as the log keeps it (a string); longer than any label a table would have.
+MAX_LABEL_CHARS = 256
+
+
+def _bounded_label(value: int | float | str | bool) -> int | float | str | bool:
+    """An integer label is a 64-bit class label as training stores it, not any JSON number."""
+    if type(value) is int and not -(2**63) <= value < 2**63:
+        raise ValueError("an integer label must fit in 64 bits")
+    return value
+
+
+Label = Annotated[
+    StrictInt | StrictFloat | Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | StrictBool,
+    AfterValidator(_bounded_label),
+]
 
 # MLflow ColSpec types to ours; anything else is refused at start-up, not at request time.
 _MLFLOW_TYPES: dict[str, FeatureType] = {
@@ -40,11 +57,24 @@ def _blank_is_missing(value: str) -> str | None:
     return value if value.strip() else None
 
 
+def _finite_float(value: int | float) -> float:
+    """A JSON number as the float64 the model and the log take: an integer literal is
+    converted here (10**309 would overflow later, as a 500 or a log batch lost), and what
+    float64 cannot hold, NaN and inf are a 422."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError("Input should be within the float64 range (±1.8e308)") from None
+    if not math.isfinite(number):
+        raise ValueError("Input should be a finite number")
+    return number
+
+
 _ANNOTATIONS: dict[FeatureType, Any] = {
     # The log and the model store 64-bit integers: larger ones are a 422, not a lost record.
     "int": Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)],
     # JSON has one number type: an integer literal is a valid float, NaN and inf are not.
-    "float": Annotated[StrictInt | StrictFloat, Field(allow_inf_nan=False)],
+    "float": Annotated[StrictInt | StrictFloat, AfterValidator(_finite_float)],
     "str": Annotated[str, Field(min_length=0, max_length=256), AfterValidator(_blank_is_missing)],
     "bool": StrictBool,
 }
@@ -149,6 +179,19 @@ class FeedbackItem(BaseModel):
                 "sent with the instance)"
             )
         return self
+
+
+def feedback_body(max_items: int) -> Any:
+    """The feedback route's body: one item, or a list of 1 to `max_items` (more is a 413).
+
+    The branch is chosen by the JSON shape, so an error names only the branch sent
+    (`body.item…` or `body.items…`), not both union members.
+    """
+    return Annotated[
+        Annotated[FeedbackItem, Tag("item")]
+        | Annotated[list[FeedbackItem], Field(min_length=1, max_length=max_items), Tag("items")],
+        Discriminator(lambda value: "items" if isinstance(value, list) else "item"),
+    ]
 
 
 class FeedbackResponse(BaseModel):

@@ -33,7 +33,7 @@ from tests.deploy.stack import free_port
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PREDICT = "/v1/models/driftloop:predict"
-ADMIN_KEY = "loop-admin-key"
+ADMIN_KEY = "loop-admin-key-0123456789abcdef0123"
 DRIFTED = DriftPlan(covariate_shift_at=0, concept_drift_at=0)
 
 

@@ -25,7 +25,7 @@ from serving.app import ServeArgs, build_app
 from serving.model import LoadedModel, ModelStore
 from tests.conftest import FAST_ENV, land, train
 
-ADMIN_KEY = "test-admin-key"
+ADMIN_KEY = "test-admin-key-0123456789abcdef0123"  # 32+ characters, as required
 SERVE_ENV = {
     **FAST_ENV,
     "DRIFTLOOP_ADMIN_API_KEY": ADMIN_KEY,

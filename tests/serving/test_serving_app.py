@@ -114,6 +114,13 @@ BAD_BODIES = {
     "NaN": (json.dumps({"instances": [{**INSTANCE, "salary": float("nan")}]}), 422, "salary"),
     "inf": (json.dumps({"instances": [{**INSTANCE, "loan": float("inf")}]}), 422, "loan"),
     "int beyond 64 bits": (json.dumps({"instances": [{**INSTANCE, "age": 10**22}]}), 422, "age"),
+    # Once an OverflowError: a 500, counted by the error-rate alert.
+    "float beyond float64": (
+        json.dumps({"instances": [{**INSTANCE, "salary": 10**309}]}),
+        422,
+        "salary",
+    ),
+    "body over 1 MiB": (json.dumps({"instances": [INSTANCE], "pad": "x" * 2**21}), 413, "bytes"),
     "empty instances": (json.dumps({"instances": []}), 422, "instances"),
     "no instances": (json.dumps({"rows": [INSTANCE]}), 422, "instances"),
     "too many": (json.dumps({"instances": [INSTANCE] * 1001}), 413, "1000"),
@@ -145,7 +152,8 @@ def test_unknown_model_is_a_404(served: Served) -> None:
 
 
 @pytest.mark.parametrize(
-    ("headers", "status"), [({}, 401), ({"X-API-Key": "wrong"}, 403), (ADMIN, 200)]
+    ("headers", "status"),
+    [({}, 401), ({"X-API-Key": ""}, 401), ({"X-API-Key": "wrong"}, 403), (ADMIN, 200)],
 )
 def test_admin_endpoints_refuse_bad_keys(served: Served, headers: dict, status: int) -> None:
     with served.client() as client:
@@ -191,6 +199,33 @@ def read_log(served: Served, kind: str) -> pd.DataFrame:
     time.sleep(3.5)
     log = served.settings.prediction_log if kind == "predictions" else served.settings.feedback_log
     return pd.concat(log.read_parquet([f.name for f in log.files()]), ignore_index=True)
+
+
+def test_an_integer_beyond_int64_in_a_float_feature_is_logged_with_its_neighbours(
+    served: Served,
+) -> None:
+    """2**63 in a float feature was answered, then pyarrow refused it and the writer lost
+    the whole flush: every client's records of that second."""
+
+    async def requests() -> list[str]:
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as aclient:
+
+            async def one(salary: float | int) -> str:
+                body = {"instances": [INSTANCE, {**INSTANCE, "salary": salary}]}
+                r = await aclient.post(PREDICT, json=body)
+                assert r.status_code == 200, r.text
+                return r.json()["request_id"]
+
+            return await asyncio.gather(*(one(2**63 if i == 5 else 52_000.0) for i in range(20)))
+
+    with served.client() as client:
+        dropped = 'driftloop_prediction_log_dropped_total{kind="predictions"}'
+        request_ids = asyncio.run(requests())
+        log = read_log(served, "predictions")
+        assert f"{dropped} 0.0" in client.get("/metrics").text.splitlines()
+    logged = log[log.request_id.isin(request_ids)]
+    assert len(logged) == 2 * len(request_ids)
+    assert logged.salary.max() == float(2**63)
 
 
 def test_shadow_answers_with_champion_and_logs_both(served: Served) -> None:

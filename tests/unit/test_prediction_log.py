@@ -43,6 +43,33 @@ def test_a_record_arrow_cannot_take_is_dropped_and_the_writer_goes_on(folder: Fo
     assert dropped == [1] and list(read_log(folder)["n"]) == [7]
 
 
+def test_a_bad_record_is_dropped_alone_never_its_neighbours_in_the_batch(folder: Folder) -> None:
+    """One flush holds every client's records: a record pyarrow refuses (here beyond int64,
+    as a float feature's 2**63 once was) is retried alone and only it is lost."""
+    dropped: list[int] = []
+    schema = pa.schema([("n", pa.int64()), ("who", pa.string())])
+    log = ParquetLog(folder, schema, "w6", 3600, 100, dropped.append, 60)  # one flush: close
+    log.append([{"n": 1, "who": "a"}, {"n": 2**63, "who": "bad"}, {"n": 3, "who": "a"}])
+    log.append([{"n": 4, "who": "b"}, {"n": "five", "who": "bad"}])
+    log.append([{"n": 6, "who": "c"}])
+    log.close()
+    frame = read_log(folder)
+    assert sorted(frame["n"]) == [1, 3, 4, 6] and "bad" not in set(frame["who"])
+    assert dropped == [1, 1]
+
+
+def test_the_queue_is_bounded_in_bytes_too(folder: Folder) -> None:
+    dropped: list[int] = []
+    log = ParquetLog(folder, FEEDBACK_SCHEMA, "w7", 3600, 1000, dropped.append, 60, 1000)
+    big = {**feedback("big"), "label": "x" * 600}
+    log.append([feedback("r0"), big, feedback("r1")])  # ~650 bytes
+    log.append([big])  # would pass 1,000: dropped
+    log.append([feedback("r2")])  # small ones still fit
+    log.close()
+    assert sorted(read_log(folder)["request_id"]) == ["big", "r0", "r1", "r2"]
+    assert dropped == [1]
+
+
 def test_reading_a_recent_window_skips_files_of_older_windows(folder: Folder) -> None:
     now = time.time()
     window = 60

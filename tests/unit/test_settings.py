@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from driftloop.settings import load_settings
+from driftloop.settings import WeakAdminKey, load_settings
 
 
 def test_home_moves_every_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,3 +29,26 @@ def test_bad_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRIFTLOOP_PROMOTION_POLICY", "sometimes")
     with pytest.raises(ValueError, match="promotion_policy"):
         load_settings()
+
+
+@pytest.mark.parametrize("value", ["", "  ", "\t\n"])
+def test_an_empty_admin_key_means_admin_off(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """What compose's `${DRIFTLOOP_ADMIN_API_KEY:-}` passes when the variable is unset."""
+    monkeypatch.setenv("DRIFTLOOP_ADMIN_API_KEY", value)
+    assert load_settings().admin_api_key is None
+
+
+def test_a_short_admin_key_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIFTLOOP_ADMIN_API_KEY", "change-me")
+    with pytest.raises(WeakAdminKey) as error:
+        load_settings()
+    assert str(error.value).startswith("DRIFTLOOP_ADMIN_API_KEY has 9 characters, fewer than")
+    assert "change-me" not in str(error.value)  # the key itself is never printed
+    monkeypatch.setenv("DRIFTLOOP_ADMIN_API_KEY", "k" * 32)
+    assert load_settings().admin_api_key.get_secret_value() == "k" * 32
+
+
+def test_the_serving_body_limit_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().serve_max_body_bytes == 2**20
+    monkeypatch.setenv("DRIFTLOOP_SERVE_MAX_BODY_BYTES", "4096")
+    assert load_settings().serve_max_body_bytes == 4096
