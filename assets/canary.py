@@ -19,7 +19,7 @@ from assets.registry import ALIAS_POOL
 from driftloop.alerts import notify
 from driftloop.canary import Arm, CanaryDecision, CanaryPolicy, analyse, next_weight, one_hot
 from driftloop.metrics import Metric, metric_named
-from driftloop.monitoring import join_feedback, probability_matrix, read_log
+from driftloop.monitoring import join_feedback, read_log, served_output, usable_rows
 from driftloop.registry import CHALLENGER, CHAMPION, AliasConflict, Registry
 from driftloop.schema import load_schema
 from driftloop.serving_client import ServingAdmin
@@ -46,26 +46,31 @@ def policy_of(settings: Settings) -> CanaryPolicy:
 def arm_evidence(
     settings: Settings, since: float, route: str, version: str, classes: list[str]
 ) -> tuple[Arm, bool, float]:
-    """One arm's labelled predictions since `since`, whether the log gave every one's class
-    probabilities (else the arm carries its decisions, enough for accuracy only), and the
-    arm's p99 latency."""
+    """One arm's labelled predictions since `since`, whether the log gave every one's
+    output (class probabilities; else the arm carries its decisions, enough for accuracy
+    only), and the arm's p99 latency. Without classes (regression) the outputs are the
+    served values."""
     start, window = datetime.fromtimestamp(since, UTC), settings.prediction_log_window_s
     predictions = read_log(settings.prediction_log, start, window)
+    empty = np.empty(0) if not classes else np.empty((0, len(classes)))
     if predictions.empty:
-        return Arm([], np.empty((0, len(classes)))), True, 0.0
+        return Arm([], empty), True, 0.0
     # Join on all traffic, then pick the arm: a label by business id belongs to the latest
     # prediction for that id, which may have been the other arm's.
     joined = join_feedback(predictions, read_log(settings.feedback_log, start, window))
     in_arm = (joined["route"] == route) & (joined["model_version"] == version)
     joined = joined[in_arm]
     arm = predictions[(predictions["route"] == route) & (predictions["model_version"] == version)]
+    p99 = float(np.percentile(arm["latency_ms"], 99)) if len(arm) else 0.0
+    if not classes:
+        usable, values = usable_rows(joined, classes)
+        return Arm(joined["label"].astype(float)[usable].tolist(), values[usable]), True, p99
     # A label outside the schema's classes cannot be scored (and ingest would refuse it).
     joined = joined[joined["label"].astype(str).isin(classes)]
-    probabilities = probability_matrix(joined, classes)
+    probabilities = served_output(joined, classes)
     logged = bool(np.isfinite(probabilities).all())
     if not logged:  # files written before the log had probabilities
         probabilities = one_hot(joined["prediction"].astype(str).tolist(), classes)
-    p99 = float(np.percentile(arm["latency_ms"], 99)) if len(arm) else 0.0
     return Arm(joined["label"].astype(str).tolist(), probabilities), logged, p99
 
 
@@ -73,7 +78,7 @@ def evidence_numbers(
     decision: CanaryDecision, ours: Arm, theirs: Arm, classes: list[str]
 ) -> dict[str, float]:
     """The decision's numbers for metadata and tags: the score of each arm named by its
-    metric (`challenger_roc_auc`), and accuracy beside it."""
+    metric (`challenger_roc_auc`), and accuracy (regression: RMSE) beside it."""
     named = {
         "difference": decision.difference,
         "ci_low": decision.ci_low,
@@ -83,11 +88,11 @@ def evidence_numbers(
         f"challenger_{decision.metric}": decision.challenger_score,
         f"champion_{decision.metric}": decision.champion_score,
     }
-    accuracy = metric_named("accuracy")
+    beside = metric_named("accuracy" if classes else "rmse")
     for side, arm in (("challenger", ours), ("champion", theirs)):
         if len(arm):
             named.setdefault(
-                f"{side}_accuracy", accuracy.score(arm.labels, arm.probabilities, classes)
+                f"{side}_{beside.name}", beside.score(arm.labels, arm.outputs, classes)
             )
     return {k: v for k, v in named.items() if v is not None}
 

@@ -13,30 +13,34 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import mlflow
+import pandas as pd
 
 from driftloop.data import BatchStore, TrainingSet
 from driftloop.metrics import metric_named
 from driftloop.monitoring import (
     error_changes,
+    error_stream,
     feature_drift,
     join_labels,
     landed_labels,
     live_quality,
     model_frame,
     null_shares,
+    prediction_drift,
     quality_drop,
     read_log,
 )
 from driftloop.pushgateway import push_feature_drift, push_live_quality
 from driftloop.registry import CHAMPION
 from driftloop.schema import load_schema
+from driftloop.training import TRUSTED_TYPES
 from pipelines.resources import DriftloopResource
 
 GROUP = "monitoring"
 REFERENCE_ROWS = 5_000  # enough for stable drift tests, cheap for Evidently
 
 
-@dg.asset(group_name=GROUP, kinds={"evidently", "mlflow"}, code_version="2")
+@dg.asset(group_name=GROUP, kinds={"evidently", "mlflow"}, code_version="3")
 def feature_drift_report(
     context: dg.AssetExecutionContext,
     driftloop: DriftloopResource,
@@ -44,9 +48,10 @@ def feature_drift_report(
 ) -> dg.MaterializeResult:
     """Evidently's DataDriftPreset of the recent served traffic against the training rows
     (per-feature scores, the share of drifted features, the HTML report as an MLflow
-    artifact of the champion's run, linked here), and the null share per feature beside
-    training's: a jump beyond `null_share_tolerance` is named on its own, since Evidently
-    leaves nulls out of its tests."""
+    artifact of the champion's run, linked here), the drift of the champion's served
+    predictions against its predictions on the training rows, and the null share per
+    feature beside training's: a jump beyond `null_share_tolerance` is named on its own,
+    since Evidently leaves nulls out of its tests."""
     settings = driftloop.settings()
     schema = training_dataset.schema
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
@@ -86,13 +91,31 @@ def feature_drift_report(
         settings.pushgateway_url,
         lambda url: push_feature_drift(url, result.share_drifted, nulls.served),
     )
-    champion = driftloop.registry().by_alias(CHAMPION)
-    if champion is not None and champion.run_id:
-        mlflow.MlflowClient(settings.mlflow_tracking_uri).log_artifact(
-            champion.run_id, str(report), "drift"
-        )
+    registry = driftloop.registry()
+    champion = registry.by_alias(CHAMPION)
+    predicted: dict[str, object] = {}
+    if champion is not None:
+        served = traffic[traffic["model_version"] == champion.version]
+        model = registry.load_verified(champion.version, TRUSTED_TYPES)
+        expected = pd.Series(model.predict(reference))
+        if schema.is_regression:
+            observed = pd.to_numeric(served["prediction"], errors="coerce")
+        else:  # labels as the log keeps them
+            observed, expected = served["prediction"].astype(str), expected.astype(str)
+        drift = prediction_drift(expected, observed.dropna(), numeric=schema.is_regression)
+        if drift is not None:
+            predicted = {
+                "prediction_drift_score": drift.score,
+                "prediction_drift_method": drift.method,
+                "prediction_drifted": drift.drifted,
+            }
+        if champion.run_id:
+            mlflow.MlflowClient(settings.mlflow_tracking_uri).log_artifact(
+                champion.run_id, str(report), "drift"
+            )
     return dg.MaterializeResult(
         metadata={
+            **predicted,
             "judged": True,
             "share_drifted": result.share_drifted,
             "drift_confirmed": result.share_drifted >= settings.drift_share_threshold,
@@ -158,10 +181,12 @@ def live_model_quality(
     }
     qualities = live_quality(joined, metric, classes)
     for quality in qualities:
-        metadata[f"accuracy/v{quality.model_version}"] = quality.accuracy
+        if classes:  # regression has no decision to be right about
+            metadata[f"accuracy/v{quality.model_version}"] = quality.accuracy
         metadata[f"{metric.name}/v{quality.model_version}"] = quality.score
         metadata[f"count/v{quality.model_version}"] = quality.count
-    accuracy = {q.model_version: q.accuracy for q in qualities}
+    # A regressor has no accuracy: no gauge rather than NaN beside its RMSE.
+    accuracy = {q.model_version: q.accuracy for q in qualities if math.isfinite(q.accuracy)}
     score = {q.model_version: q.score for q in qualities}
     export(
         context,
@@ -170,17 +195,18 @@ def live_model_quality(
     )
     if champion is not None and not joined.empty:
         rows = joined[joined["model_version"] == champion.version].reset_index(drop=True)
-        errors = (rows["prediction"].astype(str) != rows["label"].astype(str)).to_numpy()
-        changes = error_changes(errors.astype(int))
+        errors = error_stream(rows, classes, typical_error(champion.tags, rows, classes))
+        changes = error_changes(errors)
         metadata["champion_version"] = champion.version
         metadata["change_at_sample"] = changes.first if changes.first is not None else -1
         if changes.first is not None:
             drop = quality_drop(rows, changes.first, metric, classes)
             before, after = errors[: changes.first], errors[changes.first :]
-            metadata["accuracy_before_change"] = (
-                float(1 - before.mean()) if len(before) else math.nan
-            )
-            metadata["accuracy_after_change"] = float(1 - after.mean())
+            if classes:
+                metadata["accuracy_before_change"] = (
+                    float(1 - before.mean()) if len(before) else math.nan
+                )
+                metadata["accuracy_after_change"] = float(1 - after.mean())
             metadata[f"{drop.metric}_before_change"] = drop.before
             metadata[f"{drop.metric}_after_change"] = drop.after
             if math.isfinite(drop.drop):
@@ -188,11 +214,28 @@ def live_model_quality(
                 metadata["quality_drop_metric"] = drop.metric
             metadata["change_at_time"] = float(rows["at"].iloc[changes.first].timestamp())
             context.log.warning(
-                f"champion v{champion.version} error rate changed at labelled sample "
+                f"champion v{champion.version} errors rose at labelled sample "
                 f"{changes.first} (ADWIN {changes.adwin}, Page-Hinkley {changes.page_hinkley}); "
                 f"{drop.metric} {drop.before:.3f} -> {drop.after:.3f}"
             )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def typical_error(tags: dict[str, str], rows: pd.DataFrame, classes: list[str]) -> float:
+    """A regressor's usual absolute error, which scales its error stream: its holdout MAE
+    as registered, else the mean over the first 100 labelled predictions (0 for a
+    classifier, whose errors are 0/1 already)."""
+    if classes:
+        return 0.0
+    registered = tags.get("driftloop.holdout_mae")
+    if registered is not None:
+        return float(registered)
+    first = rows.head(100)
+    absolute = (
+        pd.to_numeric(first["label"], errors="coerce")
+        - pd.to_numeric(first["prediction"], errors="coerce")
+    ).abs()
+    return float(absolute.mean()) if absolute.notna().any() else 0.0
 
 
 def export(context: dg.AssetExecutionContext, url: str | None, push: Callable[[str], None]) -> None:

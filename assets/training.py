@@ -4,7 +4,7 @@ import dagster as dg
 
 from driftloop.data import BATCH_COLUMN, TrainingSet, build_training_set
 from driftloop.hpo import SearchResult, run_search
-from driftloop.schema import load_schema
+from driftloop.schema import load_schema, target_summary
 from pipelines.resources import (
     TRAIN_SINCE_TAG,
     TRIGGER_REASON_TAG,
@@ -43,7 +43,6 @@ def training_dataset(
         )
     training = build_training_set(rows, schema, settings.holdout_fraction, settings.seed)
     context.log.info(f"dataset {training.version}: {len(training.train)} train rows")
-    labels = training.train[schema.target].value_counts().sort_index()
     return dg.Output(
         training,
         data_version=dg.DataVersion(training.data_hash),
@@ -54,7 +53,9 @@ def training_dataset(
             "recent_holdout_rows": len(training.recent),
             "batches": len(training.batches),
             "train_since": since or "all batches",
-            "label_counts": dg.MetadataValue.json({str(k): int(v) for k, v in labels.items()}),
+            "target_summary" if schema.is_regression else "label_counts": dg.MetadataValue.json(
+                target_summary(training.train, schema)
+            ),
             "task": schema.task,
             "metric": schema.metric,
             "schema": dg.MetadataValue.md(

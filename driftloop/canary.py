@@ -1,13 +1,16 @@
 """Canary analysis: is the challenger worse than the champion on live outcomes, in the
 primary metric?
 
-Each arm is its labelled live predictions (true labels, served probabilities). A metric that
-is a mean over requests (accuracy: right or wrong; log loss: each request's loss) compares
-the arms request by request with Welch's t-test, which does not assume equal variances (one
-arm may have a few hundred requests and the other thousands). A metric of the whole sample
-(ROC AUC, PR AUC, F1, balanced accuracy) compares them by a seeded bootstrap of the metric's
-difference. Either way `difference` is the challenger's gain in the metric's units, > 0
-better whatever the metric's direction, and the verdict rules are the same.
+Each arm is its labelled live predictions (true labels, served probabilities; for
+regression true and served values). A metric that is a mean over requests (accuracy: right
+or wrong; log loss: each request's loss; RMSE: each request's squared error, MAE: its
+absolute error) compares the arms request by request with Welch's t-test, which does not
+assume equal variances (one arm may have a few hundred requests and the other thousands).
+A metric of the whole sample (ROC AUC, PR AUC, F1, balanced accuracy, R²) compares them by
+a seeded bootstrap of the metric's difference. Either way `difference` is the challenger's
+gain in the metric's units (for RMSE the squared error's), > 0 better whatever the
+metric's direction, and the verdict rules are the same. For RMSE and MAE the margin is a
+fraction of the champion's mean loss, since their units are the target's.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ class CanaryPolicy:
     steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
     min_samples: int = 100
     max_samples: int = 5_000
-    margin: float = 0.02  # in the metric's units
+    # In the metric's units (a fraction of the champion's for RMSE, MAE); None: the metric's
+    # default_canary_margin.
+    margin: float | None = None
     confidence: float = 0.95
     # 2 metric calls per resample; scikit-learn's ROC AUC took 1.5-5 ms per call here (idle to
     # busy), so a decision costs 1.5-5 s, well inside the canary sensor's 15 s interval.
@@ -58,10 +63,11 @@ class CanaryDecision:
 @dataclass(frozen=True)
 class Arm:
     """One arm's labelled live predictions: the true labels (matched to the classes as
-    strings) and the probabilities it served, one column per class in class order."""
+    strings) and the probabilities it served, one column per class in class order; for
+    regression (no classes) the true values and the served predictions."""
 
     labels: Sequence
-    probabilities: np.ndarray
+    outputs: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,17 +109,19 @@ def bootstrap(
 
     Each arm is resampled on its own and within each true class (the class counts stay as
     observed), so every resample defines a ranking metric such as ROC AUC even when the
-    positive class is rare. Written with numpy: scipy.stats.bootstrap resamples without
-    strata and would draw positive-free samples. Seeded, so one decision repeats exactly.
+    positive class is rare; regression rows are one stratum. Written with numpy:
+    scipy.stats.bootstrap resamples without strata and would draw positive-free samples.
+    Seeded, so one decision repeats exactly.
     """
     k = len(classes)
-    ours, theirs = (
-        encode(arm.labels, arm.probabilities, classes) for arm in (challenger, champion)
-    )
+    ours, theirs = (encode(arm.labels, arm.outputs, classes) for arm in (challenger, champion))
     if not (metric.defined_on(ours[0], k) and metric.defined_on(theirs[0], k)):
         return None
     rng = np.random.default_rng(seed)
-    strata = [[np.flatnonzero(codes == c) for c in np.unique(codes)] for codes, _ in (ours, theirs)]
+    strata = [
+        [np.flatnonzero(codes == c) for c in np.unique(codes)] if k else [np.arange(len(codes))]
+        for codes, _ in (ours, theirs)
+    ]
 
     def draw(arm: int) -> np.ndarray:
         return np.concatenate([rng.choice(rows, size=len(rows)) for rows in strata[arm]])
@@ -171,12 +179,15 @@ def analyse(
             )
         return CanaryDecision("wait", reason, **counts)
     difference, low, high = numbers["difference"], numbers["ci_low"], numbers["ci_high"]
+    configured = metric.default_canary_margin if policy.margin is None else policy.margin
+    margin = metric.margin_at(configured, numbers["champion_score"])
     ci = f"{policy.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
-    interval = f"{metric.name} gain {difference:+.4f}, {ci}"
+    loss = " (squared error)" if metric.name == "rmse" else ""
+    interval = f"{metric.name} gain{loss} {difference:+.4f}, {ci}"
     if high < 0:
         verdict, reason = "rollback", f"significantly worse: {interval}"
-    elif low > -policy.margin:
-        verdict, reason = "advance", f"not worse by more than {policy.margin}: {interval}"
+    elif low > -margin:
+        verdict, reason = "advance", f"not worse by more than {margin:.4g}: {interval}"
     elif at_cap:
         verdict, reason = "rollback", f"inconclusive after {policy.max_samples} samples: {interval}"
     else:
@@ -191,8 +202,7 @@ def _evidence(
     metric, the p-value and effect size); None when the metric is undefined on an arm."""
     if metric.per_row is not None:
         rows = [
-            metric.per_row(*encode(a.labels, a.probabilities, classes))
-            for a in (challenger, champion)
+            metric.per_row(*encode(a.labels, a.outputs, classes)) for a in (challenger, champion)
         ]
         # Welch on outcomes signed so that higher is better: its difference is the gain.
         sign = 1.0 if metric.greater_is_better else -1.0
@@ -220,8 +230,8 @@ def _evidence(
         return None
     difference, low, high = interval
     return {
-        "challenger_score": metric.score(challenger.labels, challenger.probabilities, classes),
-        "champion_score": metric.score(champion.labels, champion.probabilities, classes),
+        "challenger_score": metric.score(challenger.labels, challenger.outputs, classes),
+        "champion_score": metric.score(champion.labels, champion.outputs, classes),
         "difference": difference,
         "ci_low": low,
         "ci_high": high,

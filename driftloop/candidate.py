@@ -17,7 +17,7 @@ from mlflow.types.schema import ColSpec, Schema
 
 from driftloop.data import TrainingSet
 from driftloop.hpo import SearchResult
-from driftloop.modelcard import holdout_slices, render_card
+from driftloop.modelcard import holdout_slices, render_card, residual_plot
 from driftloop.registry import (
     CANDIDATE,
     TAG_DATA_HASH,
@@ -32,7 +32,14 @@ from driftloop.registry import (
 )
 from driftloop.schema import DatasetSchema
 from driftloop.settings import PROJECT_ROOT, Settings
-from driftloop.training import TRUSTED_TYPES, Evaluation, evaluate, limited_threads, make_model
+from driftloop.training import (
+    TRUSTED_TYPES,
+    Evaluation,
+    evaluate,
+    limited_threads,
+    make_model,
+    model_output,
+)
 
 
 @dataclass(frozen=True)
@@ -47,13 +54,14 @@ class Candidate:
 _COLUMN_TYPES = {"int": "long", "float": "double", "str": "string", "bool": "boolean"}
 
 
-def model_signature(schema: DatasetSchema, probabilities: Any) -> ModelSignature:
+def model_signature(schema: DatasetSchema, output: Any) -> ModelSignature:
     """The request contract from the schema, not inferred from the (float64) training frame:
-    an integer stays an integer, a bool a bool, and a feature with gaps is optional."""
+    an integer stays an integer, a bool a bool, and a feature with gaps is optional. The
+    outputs are inferred from the model's own output (probabilities, or predictions)."""
     inputs = Schema(
         [ColSpec(_COLUMN_TYPES[f.dtype], f.name, required=not f.nullable) for f in schema.features]
     )
-    return ModelSignature(inputs=inputs, outputs=infer_signature(None, probabilities).outputs)
+    return ModelSignature(inputs=inputs, outputs=infer_signature(None, output).outputs)
 
 
 def serving_requirements() -> list[str]:
@@ -102,7 +110,7 @@ def register_candidate(
         info = mlflow.sklearn.log_model(
             model,
             name="model",
-            signature=model_signature(training.schema, model.predict_proba(example)),
+            signature=model_signature(training.schema, model_output(model, example)),
             input_example=example,
             serialization_format="skops",
             skops_trusted_types=TRUSTED_TYPES,
@@ -110,6 +118,8 @@ def register_candidate(
         )
         mlflow.log_params({f"best.{k}": v for k, v in search.best_params.items()})
         mlflow.log_metrics(holdout.as_metrics("holdout"))
+        if training.schema.is_regression and len(training.holdout):
+            mlflow.log_figure(residual_plot(model, training), "residuals.png")
         mlflow.set_tags({TAG_DATA_HASH: training.data_hash, TAG_TRIGGER: trigger})
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
@@ -143,5 +153,6 @@ def lineage_tags(
         **({} if holdout.value is None else {"driftloop.holdout_score": f"{holdout.value:.6f}"}),
         **{f"driftloop.holdout_{name}": f"{value:.6f}" for name, value in holdout.scores.items()},
         "driftloop.target": training.schema.target,
+        "driftloop.task": training.schema.task,
         "driftloop.features": json.dumps(training.schema.feature_names),
     }

@@ -32,6 +32,7 @@ from driftloop.training import (
     cross_validate,
     limited_threads,
     suggest_params,
+    task_kind,
 )
 
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
@@ -116,7 +117,7 @@ def run_search(
         parent_id = parent.info.run_id
         study.set_user_attr(PARENT_RUN_ATTR, parent_id)
     if settings.hpo_worker == 0:  # one writer: the check-then-insert is not atomic
-        for params in DEFAULT_TRIALS:
+        for params in DEFAULT_TRIALS[task_kind(training.schema.task)]:
             study.enqueue_trial(params, skip_if_exists=True)
     x, y = training.xy(training.train)
     local_folds = Folds(training.schema, x, y, settings.cv_folds, settings.seed)
@@ -124,7 +125,7 @@ def run_search(
     remaining = settings.n_trials - finished_before
 
     def objective(trial: optuna.Trial) -> float:
-        params = suggest_params(trial)
+        params = suggest_params(trial, training.schema.task)
         child = client.create_run(
             experiment_id,
             tags={MLFLOW_PARENT_RUN_ID: parent_id, MLFLOW_RUN_NAME: f"trial-{trial.number}"},

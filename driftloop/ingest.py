@@ -31,6 +31,7 @@ from driftloop.schema import (
     infer_schema,
     load_schema,
     save_schema_once,
+    target_summary,
     validate_batch,
 )
 from driftloop.settings import Settings
@@ -48,7 +49,7 @@ class IngestOutcome:
     rows: int
     checks: list[CheckOutcome]
     location: str
-    label_counts: dict[str, int] = field(default_factory=dict)
+    label_counts: dict[str, float] = field(default_factory=dict)  # `target_summary`
     file: str = ""  # the landed file's own name (the key holds only a slug of it)
 
     @property
@@ -220,9 +221,8 @@ def ingest(settings: Settings, key: str) -> IngestOutcome:
     # after a detected change, and labels joined from batches, select by this time.
     dated = batch_time_ns(rows, in_force.timestamp_column) or landed.mtime_ns
     os.utime(stored, ns=(dated, dated))
-    labels = frame[in_force.target].value_counts().sort_index()
-    counts = {str(k): int(v) for k, v in labels.items()}
-    return IngestOutcome(key, True, len(frame), checks, str(stored), counts, file=name)
+    summary = target_summary(frame, in_force)
+    return IngestOutcome(key, True, len(frame), checks, str(stored), summary, file=name)
 
 
 def batch_time_ns(rows: pd.DataFrame, timestamp_column: str | None) -> int | None:
@@ -241,6 +241,7 @@ def column_rules(settings: Settings) -> ColumnRules:
         id_unique_share=settings.id_unique_share,
         max_categories=settings.max_categories,
         metric=settings.metric,
+        task=settings.task,
     )
 
 

@@ -7,8 +7,13 @@ The search, the promotion gate, the canary, the live monitor and the model card 
 A classification score takes the true labels, the predicted probabilities (one column per
 class, in `classes` order) and the classes. Labels are matched to classes by `str()`, so
 labels read back from a log as strings score against a schema's integer labels. Regression
-metrics (rmse, mae, r2) fit the same record: `tasks=("regression",)`, the predictions in
-place of the probabilities and no classes.
+metrics (rmse, mae, r2) fit the same record: `tasks=("regression",)`, the predictions (one
+float per row) in place of the probabilities, and no classes: an empty `classes` means
+regression everywhere (values read back from a log as strings are parsed as floats).
+
+RMSE and MAE are in the target's units, so a fixed margin means nothing across tables (0.02
+is nothing for a price, everything for a rate): their margins and drop thresholds are
+fractions of the reference score (`relative`).
 """
 
 from __future__ import annotations
@@ -24,17 +29,22 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     f1_score,
     log_loss,
+    mean_absolute_error,
+    r2_score,
     roc_auc_score,
+    root_mean_squared_error,
 )
 from sklearn.preprocessing import label_binarize
 
 CLASSIFICATION = ("binary", "multiclass")
+REGRESSION = ("regression",)
 # Labels are imbalanced when the rarest class has under this fraction of an even share
 # (binary: under 20 % of the rows; 3 classes: under 13 %); accuracy then mostly measures
 # the majority class.
 IMBALANCE_RATIO = 0.4
 
-# Scores on encoded labels: (class index per row, probabilities, number of classes).
+# Scores on encoded labels: (class index per row, probabilities, number of classes); for
+# regression (true values, predictions, 0).
 Scorer = Callable[[np.ndarray, np.ndarray, int], float]
 RowScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -49,29 +59,49 @@ class Metric:
     greater_is_better: bool
     scorer: Scorer
     tasks: tuple[str, ...] = CLASSIFICATION
-    needs_every_class: bool = False  # ranking metrics: undefined unless each class is present
+    # Ranking metrics: undefined unless each class is present; R²: unless the truth varies.
+    needs_every_class: bool = False
     per_row: RowScorer | None = None
     # The default promotion floor where chance level does not depend on the data; None where
-    # it does (PR AUC and F1 with the positive rate, log loss with the label balance).
+    # it does (PR AUC and F1 with the positive rate, log loss with the label balance, RMSE
+    # and MAE with the target's scale).
     default_floor: float | None = None
+    # Margins are fractions of the reference score: the metric is in the target's units.
+    relative: bool = False
+    # The canary's non-inferiority margin when none is configured. Per-request squared
+    # errors vary about 1.4 times their mean, so 2 % of the champion's would need ~40,000
+    # outcomes per arm to show; 10 % needs ~1,500, as 0.02 of accuracy near 0.9 does.
+    default_canary_margin: float = 0.02
 
-    def score(self, y_true: Sequence, probabilities: np.ndarray, classes: Sequence) -> float:
-        """The metric of `probabilities` (rows by classes) against the true labels;
-        ValueError where it is not defined (no rows, or one class for a ranking metric)."""
-        codes, probabilities = encode(y_true, probabilities, classes)
-        if not self.defined_on(codes, len(classes)):
-            raise ValueError(f"{self.name} is not defined on {len(codes)} rows of these labels")
-        return float(self.scorer(codes, probabilities, len(classes)))
+    def score(self, y_true: Sequence, output: np.ndarray, classes: Sequence) -> float:
+        """The metric of `output` (probabilities, rows by classes; for regression, one
+        prediction per row with no classes) against the truth; ValueError where it is not
+        defined (no rows, one class for a ranking metric, one row for R²)."""
+        if (len(classes) == 0) != (self.tasks == REGRESSION):
+            kind = "regression (no classes)" if self.tasks == REGRESSION else "classification"
+            raise ValueError(f"{self.name} scores {kind} only")
+        truth, output = encode(y_true, output, classes)
+        if not self.defined_on(truth, len(classes)):
+            raise ValueError(f"{self.name} is not defined on {len(truth)} rows of these labels")
+        return float(self.scorer(truth, output, len(classes)))
 
-    def defined_on(self, codes: np.ndarray, n_classes: int) -> bool:
-        """Whether the score exists on these encoded labels."""
-        if len(codes) == 0:
+    def defined_on(self, truth: np.ndarray, n_classes: int) -> bool:
+        """Whether the score exists on these encoded labels (or true values)."""
+        if len(truth) == 0:
             return False
-        return not self.needs_every_class or len(np.unique(codes)) == n_classes
+        if not self.needs_every_class:
+            return True
+        distinct = len(np.unique(truth))
+        return distinct >= 2 if n_classes == 0 else distinct == n_classes
 
     def gain(self, new: float, old: float) -> float:
         """How much better `new` is than `old`, in the metric's units (> 0: better)."""
         return new - old if self.greater_is_better else old - new
+
+    def margin_at(self, margin: float, reference: float) -> float:
+        """A configured margin in the metric's units at `reference` (the champion's score):
+        itself, or that fraction of the reference for a scale-dependent metric."""
+        return margin * abs(reference) if self.relative else margin
 
     @property
     def direction(self) -> str:
@@ -83,7 +113,14 @@ def encode(
     y_true: Sequence, probabilities: np.ndarray, classes: Sequence
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels as indices into `classes` (compared as strings) and probabilities as a float
-    matrix (a list of lists from a log is fine); ValueError for a label not in `classes`."""
+    matrix (a list of lists from a log is fine); ValueError for a label not in `classes`.
+    Without classes (regression): true values and predictions as float vectors."""
+    if len(classes) == 0:
+        truth = np.asarray(y_true, dtype=float).ravel()
+        predicted = np.asarray(probabilities, dtype=float).ravel()
+        if predicted.shape != truth.shape:
+            raise ValueError(f"{len(predicted)} predictions for {len(truth)} true values")
+        return truth, predicted
     codes = label_codes(y_true, classes)
     matrix = np.asarray(
         np.vstack(probabilities) if len(probabilities) else np.empty((0, len(classes))), float
@@ -155,6 +192,26 @@ def _row_log_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(p[np.arange(len(y)), y], eps, 1 - eps))
 
 
+def _rmse(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    return root_mean_squared_error(y, p)
+
+
+def _mae(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    return mean_absolute_error(y, p)
+
+
+def _r2(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    return r2_score(y, p)
+
+
+def _squared_error(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return (y - p) ** 2
+
+
+def _absolute_error(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return np.abs(y - p)
+
+
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
@@ -164,6 +221,28 @@ METRICS: dict[str, Metric] = {
         Metric("pr_auc", True, _pr_auc, needs_every_class=True),
         Metric("f1", True, _f1),
         Metric("log_loss", False, _log_loss, per_row=_row_log_loss),
+        # The canary compares RMSE arms by each request's squared error (its mean is the
+        # MSE, which orders arms as RMSE does) and MAE arms by each absolute error.
+        Metric(
+            "rmse",
+            False,
+            _rmse,
+            REGRESSION,
+            per_row=_squared_error,
+            relative=True,
+            default_canary_margin=0.1,
+        ),
+        Metric(
+            "mae",
+            False,
+            _mae,
+            REGRESSION,
+            per_row=_absolute_error,
+            relative=True,
+            default_canary_margin=0.1,
+        ),
+        # R² needs two distinct true values (a variance); chance (the mean) scores 0.
+        Metric("r2", True, _r2, REGRESSION, needs_every_class=True, default_floor=0.0),
     )
 }
 
@@ -186,6 +265,8 @@ def default_metric(task: str, label_counts: Mapping[object, int]) -> str:
     the positive rate) and a multiclass one by balanced accuracy (mean recall per class, a
     rare class counts as much as a common one).
     """
+    if task == "regression":
+        return "rmse"  # in the target's units: the typical size of an error
     if task not in CLASSIFICATION:
         raise ValueError(f"no default metric for task {task!r}")
     counts = [int(c) for c in label_counts.values()]
@@ -195,10 +276,12 @@ def default_metric(task: str, label_counts: Mapping[object, int]) -> str:
     return "balanced_accuracy" if imbalanced else "accuracy"
 
 
-def all_scores(y_true: Sequence, probabilities: np.ndarray, classes: Sequence) -> dict[str, float]:
-    """Every classification metric that is defined on these labels, by name."""
-    codes, matrix = encode(y_true, probabilities, classes)
-    task = "binary" if len(classes) == 2 else "multiclass"
+def all_scores(y_true: Sequence, output: np.ndarray, classes: Sequence) -> dict[str, float]:
+    """Every metric of the task that is defined here, by name: classification metrics of
+    the probabilities, or (no classes) regression metrics of the predictions."""
+    codes, matrix = encode(y_true, output, classes)
+    k = len(classes)
+    task = "regression" if k == 0 else "binary" if k == 2 else "multiclass"
     return {
         name: float(metric.scorer(codes, matrix, len(classes)))
         for name, metric in METRICS.items()

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from driftloop.metrics import metric_named
-from driftloop.training import SEARCH_SPACE, Evaluation, slice_scores
+from driftloop.training import SEARCH_SPACES, Evaluation, model_output, slice_scores, task_kind
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from driftloop.data import TrainingSet
     from driftloop.hpo import SearchResult
     from driftloop.promotion import GateDecision
@@ -17,7 +21,7 @@ def holdout_slices(
     model: Any, training: TrainingSet
 ) -> tuple[str, dict[str, dict[str, float]]] | None:
     """Scores per value of the first categorical feature (None if there is none): the
-    primary metric where a slice defines it, and accuracy."""
+    primary metric where a slice defines it, and accuracy (regression: MAE)."""
     if not training.schema.categorical:
         return None
     feature = training.schema.categorical[0]
@@ -33,6 +37,7 @@ def render_card(
     decision: GateDecision | None = None,
 ) -> str:
     primary = metric_named(holdout.metric)
+    schema = training.schema
     direction = "higher" if primary.greater_is_better else "lower"
     others = [
         f"{name} {value:.4f}" for name, value in holdout.scores.items() if name != primary.name
@@ -42,7 +47,7 @@ def render_card(
         "## Data",
         f"- version `{training.version}` (sha256 `{training.data_hash}`)",
         f"- {len(training.train)} training rows, {len(training.holdout)} holdout rows, "
-        f"{len(training.batches)} batches; target `{training.schema.target}`",
+        f"{len(training.batches)} batches; target `{schema.target}` ({schema.task})",
         "",
         "## Search",
         f"- study `{search.study_name}`: {search.complete} complete, {search.pruned} pruned",
@@ -50,7 +55,7 @@ def render_card(
         "- space: "
         + "; ".join(
             f"{family}({', '.join(f'{k} {v}' for k, v in space.items())})"
-            for family, space in SEARCH_SPACE.items()
+            for family, space in SEARCH_SPACES[task_kind(schema.task)].items()
         ),
         "- best params: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in search.best_params.items()),
         "",
@@ -58,9 +63,11 @@ def render_card(
         f"- **{primary.name} {headline}** (the primary metric, {direction} is better)",
         "- also: " + ", ".join(others),
     ]
+    if schema.is_regression:
+        lines.append(f"- {_mean_baseline(training)}; residuals: `residuals.png` in the run")
     if slices is not None:
         feature, scores = slices
-        columns = list(dict.fromkeys((primary.name, "accuracy")))
+        columns = list(dict.fromkeys((primary.name, "mae" if schema.is_regression else "accuracy")))
         lines += ["", f"| {feature} | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
         lines += [
             f"| {value} | "
@@ -72,6 +79,35 @@ def render_card(
             lines.append(f"\nn/a: {primary.name} is not defined on a slice of one class")
     lines += ["", "## Promotion", decision.summary() if decision else "pending the gate"]
     return "\n".join(lines)
+
+
+def _mean_baseline(training: TrainingSet) -> str:
+    """What predicting the training mean scores on the holdout: the bar any regressor must
+    clear to have learnt something (R² is 0 there)."""
+    _, y_train = training.xy(training.train)
+    _, y_holdout = training.xy(training.holdout)
+    guess = np.full(len(y_holdout), float(y_train.mean()))
+    rmse = float(np.sqrt(np.mean((y_holdout.to_numpy(dtype=float) - guess) ** 2)))
+    return f"predicting the training mean ({float(y_train.mean()):.4g}) scores rmse {rmse:.4f}"
+
+
+def residual_plot(model: Any, training: TrainingSet) -> Figure:
+    """Holdout residuals against predictions (a funnel or a curve says the model misses a
+    pattern) beside their histogram, for a regressor's MLflow run."""
+    from matplotlib.figure import Figure
+
+    x, y = training.xy(training.holdout)
+    predicted = model_output(model, x)
+    residuals = y.to_numpy(dtype=float) - predicted
+    figure = Figure(figsize=(9, 3.6))
+    scatter, histogram = figure.subplots(1, 2)
+    scatter.scatter(predicted, residuals, s=6, alpha=0.5)
+    scatter.axhline(0, color="black", linewidth=0.8)
+    scatter.set(xlabel="prediction", ylabel="residual (true - predicted)", title="holdout")
+    histogram.hist(residuals, bins=40)
+    histogram.set(xlabel="residual", ylabel="rows", title=f"{len(residuals)} holdout rows")
+    figure.tight_layout()
+    return figure
 
 
 def _fmt(value: Any) -> str:

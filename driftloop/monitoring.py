@@ -136,6 +136,19 @@ def feature_drift(
     )
 
 
+def prediction_drift(reference: pd.Series, served: pd.Series, numeric: bool) -> ColumnDrift | None:
+    """Evidently's drift test of the served predictions against the model's own on the
+    reference rows: a numeric test for a regressor's values, a categorical one for the
+    predicted classes. It moves when the inputs move in directions the model cares about,
+    whichever features carry it; None when either side has no prediction."""
+    frames = [
+        pd.DataFrame({"prediction": side.reset_index(drop=True)}) for side in (reference, served)
+    ]
+    kinds = (["prediction"], []) if numeric else ([], ["prediction"])
+    result = feature_drift(frames[0], frames[1], *kinds)
+    return result.columns[0] if result.columns else None
+
+
 @dataclass(frozen=True)
 class NullShares:
     """Share of missing values per feature in training and in served traffic."""
@@ -290,13 +303,16 @@ def _identities(labels: pd.DataFrame) -> set[tuple[int, str]]:
     return set(zip(labels["_rank"], labels["key"], strict=True)) if len(labels) else set()
 
 
-def probability_matrix(rows: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
-    """Class probabilities per logged prediction (columns in `classes` order); NaN rows
-    where the log cannot tell.
+def served_output(rows: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """What each logged prediction served, as the metrics take it: class probabilities
+    (columns in `classes` order) or, without classes (regression), the predicted value;
+    NaN where the log cannot tell.
 
     Logs written before `probabilities` existed hold only the predicted class's
     probability, which determines both for two classes and not for more.
     """
+    if len(classes) == 0:
+        return _floats(rows["prediction"])
     out = np.full((len(rows), len(classes)), np.nan)
     logged = _with(rows, ("probabilities",))["probabilities"].tolist()
     predicted = rows["prediction"].astype(str).tolist()
@@ -311,25 +327,59 @@ def probability_matrix(rows: pd.DataFrame, classes: Sequence[str]) -> np.ndarray
     return out
 
 
+def _floats(values: pd.Series) -> np.ndarray:
+    """Logged numbers (strings in the log, as labels are) as floats; NaN where not one."""
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+
+
+def usable_rows(rows: pd.DataFrame, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled rows a metric can score (a mask), and what each served: a known output
+    and a label among the classes (regression: a finite prediction and a finite value)."""
+    output = served_output(rows, classes)
+    if len(classes) == 0:
+        usable = np.isfinite(output) & np.isfinite(_floats(rows["label"]))
+    else:
+        known = np.isfinite(output).all(axis=1)
+        usable = known & rows["label"].astype(str).isin(classes).to_numpy()
+    return usable, output
+
+
 def score(metric: Metric, rows: pd.DataFrame, classes: Sequence[str]) -> float:
     """`metric` on labelled rows; NaN where it is not defined (no rows with known
-    probabilities and labels, or a metric such as ROC AUC on labels of one class)."""
-    probabilities = probability_matrix(rows, classes)
-    labels = rows["label"].astype(str)
-    usable = np.isfinite(probabilities).all(axis=1) & labels.isin(classes).to_numpy()
+    outputs and labels, or a metric such as ROC AUC on labels of one class)."""
+    usable, output = usable_rows(rows, classes)
     if not usable.any():
         return math.nan
+    labels = rows["label"].astype(str)[usable].tolist()
     try:
-        return float(metric.score(labels[usable].tolist(), probabilities[usable], classes))
+        return float(metric.score(labels, output[usable], classes))
     except ValueError:  # Metric.score's answer where it is undefined (one class for AUC)
         return math.nan
 
 
-def accuracy(rows: pd.DataFrame) -> float:
-    """Share of served decisions that the label confirms."""
-    if rows.empty:
+def accuracy(rows: pd.DataFrame, classes: Sequence[str]) -> float:
+    """Share of served decisions that the label confirms; NaN for regression (no decision
+    is right or wrong there)."""
+    if rows.empty or len(classes) == 0:
         return math.nan
     return float((rows["prediction"].astype(str) == rows["label"].astype(str)).mean())
+
+
+def error_stream(rows: pd.DataFrame, classes: Sequence[str], typical_error: float) -> np.ndarray:
+    """Each labelled prediction's error for the change detectors, in [0, 1]: wrong (1) or
+    right (0) for classification; for regression the absolute error over 3 times the
+    `typical_error` (the champion's holdout MAE), capped at 1.
+
+    ADWIN and Page-Hinkley are tuned for a bounded stream of about a 0/1 error's spread
+    (Page-Hinkley's threshold of 50 is in the stream's units): raw errors in a price's units
+    would fire on noise, and one outlier would dominate. Scaled, a typical error reads about
+    0.3 and a doubled error 0.6, which both detectors see within a few hundred samples.
+    """
+    if len(classes):
+        return (rows["prediction"].astype(str) != rows["label"].astype(str)).to_numpy(float)
+    absolute = np.abs(_floats(rows["label"]) - _floats(rows["prediction"]))
+    scale = 3 * typical_error if typical_error > 0 else 1.0
+    return np.clip(np.nan_to_num(absolute / scale, nan=0.0), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -346,7 +396,13 @@ def live_quality(joined: pd.DataFrame, metric: Metric, classes: Sequence[str]) -
     if joined.empty:  # no labelled predictions, perhaps no predictions (and no columns)
         return []
     return [
-        Quality(str(version), len(rows), metric.name, score(metric, rows, classes), accuracy(rows))
+        Quality(
+            str(version),
+            len(rows),
+            metric.name,
+            score(metric, rows, classes),
+            accuracy(rows, classes),
+        )
         for version, rows in joined.groupby("model_version", sort=True)
     ]
 
@@ -358,13 +414,16 @@ class QualityDrop:
     metric: str
     before: float
     after: float
-    drop: float  # > 0: worse after, in the metric's own direction; NaN if not measurable
+    # > 0: worse after, in the metric's own direction (a fraction of `before` for RMSE and
+    # MAE); NaN if not measurable
+    drop: float
 
 
 def quality_drop(
     rows: pd.DataFrame, change_at: int, metric: Metric, classes: Sequence[str]
 ) -> QualityDrop:
-    """The drop at `change_at` (a row of `rows`, in time order) in the primary metric.
+    """The drop at `change_at` (a row of `rows`, in time order) in the primary metric (for
+    RMSE and MAE as a fraction of the score before).
 
     Accuracy answers when the primary metric cannot be computed on both segments (ROC AUC
     of a segment whose labels are one class, a log without probabilities): a drop the
@@ -374,8 +433,11 @@ def quality_drop(
     primary = score(metric, before, classes), score(metric, after, classes)
     if all(math.isfinite(value) for value in primary):
         # gain(new, old) > 0 when `new` is better: before better than after is a drop
-        return QualityDrop(metric.name, *primary, metric.gain(*primary))
-    old, new = accuracy(before), accuracy(after)
+        drop = metric.gain(*primary)
+        if metric.relative:  # RMSE 40 -> 44 is a drop of 0.1 (10 %), whatever the units
+            drop = drop / abs(primary[0]) if primary[0] else math.nan
+        return QualityDrop(metric.name, *primary, drop)
+    old, new = accuracy(before, classes), accuracy(after, classes)
     return QualityDrop("accuracy", old, new, old - new)
 
 
@@ -394,7 +456,8 @@ class ChangePoints:
 
 
 def error_changes(errors: np.ndarray, rising_only: bool = True) -> ChangePoints:
-    """Run both detectors over a 0/1 error stream; only a rise in errors counts by default."""
+    """Run both detectors over an error stream in [0, 1] (`error_stream`); only a rise in
+    errors counts by default."""
     adwin, hinkley = drift.ADWIN(), drift.PageHinkley(mode="up" if rising_only else "both")
     first: dict[str, int | None] = {"adwin": None, "page_hinkley": None}
     before_mean = 0.0

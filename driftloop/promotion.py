@@ -50,8 +50,9 @@ class GateDecision:
 
 def floor_of(metric: Metric, configured: float | None) -> float | None:
     """The bar a first champion must pass: `DRIFTLOOP_PROMOTION_FLOOR` if set, else the
-    metric's own default (none for PR AUC, F1 and log loss, whose chance level depends on
-    the data). For a lower-is-better metric (log loss) the floor is a ceiling."""
+    metric's own default (none for PR AUC, F1, log loss, RMSE and MAE, whose chance level
+    depends on the data; 0 for R², the score of predicting the mean). For a lower-is-better
+    metric (log loss, RMSE) the floor is a ceiling."""
     return configured if configured is not None else metric.default_floor
 
 
@@ -67,8 +68,9 @@ def decide(
     decides when there is enough of it and the metric is defined on it.
 
     `margin` and `floor` are in the metric's units: the challenger must gain at least
-    `margin` in the metric's direction (lower log loss, higher ROC AUC) and not be worse
-    than `floor` (a ceiling for a lower-is-better metric); `floor=None` sets no bar.
+    `margin` in the metric's direction (lower log loss, higher ROC AUC; for RMSE and MAE a
+    fraction of the champion's score) and not be worse than `floor` (a ceiling for a
+    lower-is-better metric); `floor=None` sets no bar.
     """
     challenger_holdout, challenger_recent = challenger
     metric = metric_named(challenger_holdout.metric)
@@ -94,7 +96,7 @@ def decide(
         return GateDecision(
             promote=False,
             reason=f"holdout {name} is not defined on {challenger_holdout.rows} rows "
-            "(the holdout lacks a class)",
+            "(the holdout lacks a class, or its target does not vary)",
             basis="holdout",
             challenger_score=None,
             champion_version=champion_version,
@@ -138,13 +140,15 @@ def decide(
     # Both sides were scored on the same rows, so a metric defined for one is for the other.
     mine, reigning = float(ours.value), float(theirs.value)  # type: ignore[arg-type]
     gain = metric.gain(mine, reigning)
+    needed = metric.margin_at(margin, reigning)
     better = "higher" if metric.greater_is_better else "lower"
+    bar = f"margin {needed:.4f}" + (f" ({margin:.2%} of the champion's)" if metric.relative else "")
     comparison = (
         f"{basis} {name} {mine:.4f} vs champion v{champion_version} {reigning:.4f} "
-        f"on {ours.rows} rows (gain {gain:+.4f}, margin {margin:.4f}, {better} is better)"
+        f"on {ours.rows} rows (gain {gain:+.4f}, {bar}, {better} is better)"
     )
     return GateDecision(
-        promote=gain >= margin,
+        promote=gain >= needed,
         reason=comparison,
         basis=basis,
         challenger_score=mine,

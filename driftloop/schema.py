@@ -19,6 +19,12 @@ import pandas as pd
 # Integer columns with at most this many distinct values are treated as categories
 # (codes such as zip code or education level), which decides encoding and model-card slices.
 MAX_CATEGORICAL_CODES = 32
+# With DRIFTLOOP_TASK=auto, a numeric target with more distinct values than this is a
+# regression target; fewer is a set of class labels (codes 0..k, ratings 1..5).
+MAX_AUTO_CLASSES = 20
+
+Task = Literal["binary", "multiclass", "regression"]
+TaskSetting = Literal["auto", "classification", "binary", "multiclass", "regression"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,7 @@ class ColumnRules:
     id_unique_share: float = 0.9
     max_categories: int = 50
     metric: str | None = None
+    task: TaskSetting = "auto"
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ class DatasetSchema:
     target: str
     labels: tuple[Any, ...]
     features: tuple[FeatureSpec, ...]
-    task: Literal["binary", "multiclass"] = "binary"
+    task: Task = "binary"
     metric: str = "accuracy"
     id_columns: tuple[str, ...] = ()
     timestamp_column: str | None = None
@@ -96,6 +103,11 @@ class DatasetSchema:
     @property
     def categorical(self) -> list[str]:
         return [f.name for f in self.features if f.kind == "categorical"]
+
+    @property
+    def is_regression(self) -> bool:
+        """A numeric target: `labels` is empty, and "no classes" means regression everywhere."""
+        return self.task == "regression"
 
     @property
     def nullable_features(self) -> list[str]:
@@ -165,16 +177,15 @@ def infer_schema(
 ) -> DatasetSchema:
     """Infer a schema from a first batch: column roles, feature types, null shares, the
     task and the primary metric. Non-negative numeric columns must stay non-negative."""
-    from driftloop.metrics import default_metric, metric_named
+    from driftloop.metrics import METRICS, default_metric, metric_named
 
     if target not in frame.columns:
         raise ValueError(f"target column {target!r} is missing (columns: {list(frame.columns)})")
     for configured in (*rules.id_columns, *rules.ignore_columns, rules.timestamp_column):
         if configured is not None and configured not in frame.columns:
             raise ValueError(f"configured column {configured!r} is not in the file")
-    labels = frame[target].dropna().unique().tolist()
-    if len(labels) < 2:
-        raise ValueError(f"target column {target!r} needs at least two classes, found {labels}")
+    task = _task(frame[target], target, rules.task)
+    labels = [] if task == "regression" else frame[target].dropna().unique().tolist()
     features: list[FeatureSpec] = []
     excluded: list[ExcludedColumn] = []
     for name in frame.columns:
@@ -187,10 +198,15 @@ def infer_schema(
             features.append(_feature(frame[name], name))
     if not features:
         raise ValueError("no feature columns left after excluding ids, timestamps and constants")
-    task = "binary" if len(labels) == 2 else "multiclass"
     counts = {str(k): int(v) for k, v in frame[target].value_counts().items()}
     metric = rules.metric or default_metric(task, counts)
-    metric_named(metric)  # a misspelt DRIFTLOOP_METRIC fails here, with the choices named
+    # A misspelt DRIFTLOOP_METRIC fails here, with the choices named, as does one that does
+    # not fit the task (rmse for a classification target, accuracy for a numeric one).
+    if task not in metric_named(metric).tasks:
+        raise ValueError(
+            f"metric {metric!r} does not score a {task} task (target {target!r}); choose one "
+            f"of {', '.join(m.name for m in METRICS.values() if task in m.tasks)}"
+        )
     return DatasetSchema(
         target=target,
         labels=tuple(sorted(_python_scalar(v) for v in labels)),
@@ -202,6 +218,38 @@ def infer_schema(
         excluded=tuple(excluded),
         max_categories=rules.max_categories,
     )
+
+
+def _task(target: pd.Series, name: str, setting: TaskSetting) -> Task:
+    """The task `DRIFTLOOP_TASK` names, or the one the first batch's target implies: a
+    numeric (not bool) target with more than `MAX_AUTO_CLASSES` distinct values is a
+    regression (a price, a duration), anything else classification by its label count."""
+    values = target.dropna()
+    numeric = pd.api.types.is_numeric_dtype(target) and not _is_bool(target)
+    if setting == "auto":
+        setting = (
+            "regression" if numeric and values.nunique() > MAX_AUTO_CLASSES else "classification"
+        )
+    if setting == "regression":
+        if not numeric:
+            raise ValueError(
+                f"target column {name!r} ({target.dtype}) is not numeric: it cannot be a "
+                "regression target (DRIFTLOOP_TASK=regression)"
+            )
+        if values.nunique() < 2:
+            raise ValueError(f"target column {name!r} needs at least two distinct values")
+        if not np.all(np.isfinite(values.to_numpy(dtype=float))):
+            raise ValueError(f"target column {name!r} has non-finite values")
+        return "regression"
+    labels = values.unique().tolist()
+    if len(labels) < 2:
+        raise ValueError(f"target column {name!r} needs at least two classes, found {labels}")
+    implied: Task = "binary" if len(labels) == 2 else "multiclass"
+    if setting not in ("classification", implied):
+        raise ValueError(
+            f"DRIFTLOOP_TASK={setting} but target column {name!r} has {len(labels)} classes"
+        )
+    return implied
 
 
 def _role(column: pd.Series, name: str, rules: ColumnRules) -> tuple[Role, str] | None:
@@ -391,8 +439,11 @@ def _check_ranges(frame: pd.DataFrame, present: list[FeatureSpec]) -> CheckOutco
 
 
 def _check_labels(frame: pd.DataFrame, schema: DatasetSchema) -> CheckOutcome:
+    """Classification: labels among the schema's classes. Regression: finite numbers."""
     if schema.target not in frame:
         return CheckOutcome("label_set", False, f"target column {schema.target!r} is missing")
+    if schema.is_regression:
+        return _check_numeric_target(frame[schema.target], schema.target)
     seen = frame[schema.target].dropna().unique().tolist()
     unknown = sorted({_python_scalar(v) for v in seen} - set(schema.labels), key=str)
     return CheckOutcome(
@@ -403,6 +454,43 @@ def _check_labels(frame: pd.DataFrame, schema: DatasetSchema) -> CheckOutcome:
         else f"labels within {list(schema.labels)}",
         {"unknown": [str(v) for v in unknown]},
     )
+
+
+def _check_numeric_target(target: pd.Series, name: str) -> CheckOutcome:
+    values = target.dropna()
+    if _is_bool(target) or not pd.api.types.is_numeric_dtype(target):
+        return CheckOutcome(
+            "label_set",
+            False,
+            f"target {name!r} must be numeric for regression, got {target.dtype}",
+            {"dtype": str(target.dtype)},
+        )
+    bad = int((~np.isfinite(values.to_numpy(dtype=float))).sum())
+    return CheckOutcome(
+        "label_set",
+        bad == 0,
+        f"{bad} non-finite target values" if bad else "target values are finite numbers",
+        {"non_finite": bad},
+    )
+
+
+def target_summary(frame: pd.DataFrame, schema: DatasetSchema) -> dict[str, float]:
+    """What a batch's target looks like, for the UI: rows per label for classification;
+    count, mean, spread and range for regression (thousands of distinct prices are no
+    table to read)."""
+    target = frame[schema.target]
+    if not schema.is_regression:
+        return {str(k): int(v) for k, v in target.value_counts().sort_index().items()}
+    values = pd.to_numeric(target, errors="coerce").dropna()
+    if values.empty:
+        return {"count": 0}
+    return {
+        "count": len(values),
+        "mean": round(float(values.mean()), 6),
+        "std": round(float(values.std(ddof=0)), 6),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
 
 
 def _python_scalar(value: Any) -> Any:
@@ -424,7 +512,8 @@ def conform(frame: pd.DataFrame, schema: DatasetSchema) -> pd.DataFrame:
             columns[spec.name] = pd.to_numeric(column.astype(object), errors="coerce").astype(
                 "float64"
             )
-    columns[schema.target] = frame[schema.target]
+    target = frame[schema.target]
+    columns[schema.target] = target.astype("float64") if schema.is_regression else target
     for name in schema.kept_columns:
         if name not in frame.columns:
             continue

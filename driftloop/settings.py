@@ -50,10 +50,16 @@ class Settings(BaseSettings):
     )
 
     target_column: str = "label"
+    task: Literal["auto", "classification", "binary", "multiclass", "regression"] = Field(
+        default="auto",
+        description="What the target is; auto: a numeric target with more than 20 distinct "
+        "values is a regression, anything else classification.",
+    )
     metric: str | None = Field(
         default=None,
         description="The primary metric (accuracy, balanced_accuracy, roc_auc, pr_auc, f1, "
-        "log_loss); unset chooses one from the task and the label balance.",
+        "log_loss; rmse, mae, r2 for regression); unset: rmse for regression, else chosen "
+        "from the label balance.",
     )
     id_columns: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(), description="Comma-separated business id columns: kept, never features."
@@ -106,15 +112,16 @@ class Settings(BaseSettings):
         default=0.002,
         ge=-1,
         le=1,
-        description="Gain in the primary metric (its units, its direction) to promote; "
-        "negative lets a slightly worse one through.",
+        description="Gain in the primary metric (its units, its direction; a fraction of the "
+        "champion's score for rmse and mae) to promote; negative lets a slightly worse one "
+        "through.",
     )
     promotion_floor: float | None = Field(
         default=None,
         ge=0,
         description="Holdout bar, in the primary metric's units, the first champion must pass; "
         "unset: the metric's default (0.6 for accuracy, balanced_accuracy, roc_auc; none for "
-        "pr_auc, f1, log_loss); a ceiling for log_loss.",
+        "pr_auc, f1, log_loss, rmse, mae; 0 for r2); a ceiling for log_loss, rmse and mae.",
     )
 
     schedule_cron: str = "0 2 * * *"
@@ -193,8 +200,9 @@ class Settings(BaseSettings):
         default=0.05,
         gt=0,
         le=1,
-        description="Drop in the primary metric (signed by its direction; accuracy where it "
-        "cannot be computed) after a change point that counts.",
+        description="Drop in the primary metric (signed by its direction; a fraction of the "
+        "score before for rmse and mae; accuracy where it cannot be computed) after a change "
+        "point that counts.",
     )
     retrain_min_rows: int = Field(
         default=1000,
@@ -222,11 +230,13 @@ class Settings(BaseSettings):
     canary_steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
     canary_min_samples: int = Field(default=100, ge=2, description="Outcomes per arm to judge.")
     canary_max_samples: int = Field(default=5_000, ge=2)
-    canary_margin: float = Field(
-        default=0.02,
+    canary_margin: float | None = Field(
+        default=None,
         ge=0,
         le=1,
-        description="Non-inferiority margin in the primary metric's units.",
+        description="Non-inferiority margin in the primary metric's per-request units (a "
+        "fraction of the champion's mean squared or absolute error for rmse and mae); unset: "
+        "the metric's default (0.02; 0.1 for rmse and mae, whose per-request losses are noisy).",
     )
     canary_confidence: float = Field(default=0.95, gt=0, lt=1)
     canary_max_p99_ms: float = Field(

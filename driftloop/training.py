@@ -13,11 +13,12 @@ from typing import Any, Protocol
 import numpy as np
 import optuna
 import pandas as pd
+from sklearn.base import is_classifier
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
@@ -26,33 +27,48 @@ from driftloop.metrics import all_scores, metric_named
 from driftloop.schema import DatasetSchema
 
 # Bump when a search space or pipeline changes: it is part of every study's name and lineage.
-SEARCH_SPACE_VERSION = "3"
+SEARCH_SPACE_VERSION = "4"
 
-SEARCH_SPACE: dict[str, dict[str, str]] = {
-    "hist_gradient_boosting": {
-        "learning_rate": "log-uniform [0.03, 0.3]",
-        "max_iter": "int [50, 250]",
-        "max_leaf_nodes": "int [8, 64]",
-        "min_samples_leaf": "int [5, 100]",
-        "l2_regularization": "log-uniform [1e-6, 1.0]",
+_BOOSTING_SPACE = {
+    "learning_rate": "log-uniform [0.03, 0.3]",
+    "max_iter": "int [50, 250]",
+    "max_leaf_nodes": "int [8, 64]",
+    "min_samples_leaf": "int [5, 100]",
+    "l2_regularization": "log-uniform [1e-6, 1.0]",
+}
+# The families each task searches, with their spaces (as the model card shows them).
+SEARCH_SPACES: dict[str, dict[str, dict[str, str]]] = {
+    "classification": {
+        "hist_gradient_boosting": _BOOSTING_SPACE,
+        "logistic_regression": {"C": "log-uniform [1e-3, 100]"},
     },
-    "logistic_regression": {"C": "log-uniform [1e-3, 100]"},
+    "regression": {
+        "hist_gradient_boosting": _BOOSTING_SPACE,
+        "ridge": {"alpha": "log-uniform [1e-3, 100]"},
+    },
 }
 
+_BOOSTING_DEFAULTS: dict[str, Any] = {
+    "family": "hist_gradient_boosting",
+    "learning_rate": 0.1,
+    "max_iter": 100,
+    "max_leaf_nodes": 31,
+    "min_samples_leaf": 20,
+    "l2_regularization": 1e-6,
+}
 # Every search first tries each family at scikit-learn's defaults (within the space): with a
 # small budget, TPE's random start-up trials can all land in one family (a demo run's six
 # trials were all logistic regression, 0.80 against 0.90 for boosting).
-DEFAULT_TRIALS: list[dict[str, Any]] = [
-    {
-        "family": "hist_gradient_boosting",
-        "learning_rate": 0.1,
-        "max_iter": 100,
-        "max_leaf_nodes": 31,
-        "min_samples_leaf": 20,
-        "l2_regularization": 1e-6,
-    },
-    {"family": "logistic_regression", "C": 1.0},
-]
+DEFAULT_TRIALS: dict[str, list[dict[str, Any]]] = {
+    "classification": [_BOOSTING_DEFAULTS, {"family": "logistic_regression", "C": 1.0}],
+    "regression": [_BOOSTING_DEFAULTS, {"family": "ridge", "alpha": 1.0}],
+}
+
+
+def task_kind(task: str) -> str:
+    """`classification` or `regression`: the two sets of families, spaces and defaults."""
+    return "regression" if task == "regression" else "classification"
+
 
 # The types a registered pipeline may contain; skops refuses anything else on load.
 TRUSTED_TYPES = [
@@ -63,6 +79,8 @@ TRUSTED_TYPES = [
     "sklearn._loss.link.MultinomialLogit",
     "sklearn._loss.loss.HalfBinomialLoss",
     "sklearn._loss.loss.HalfMultinomialLoss",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.loss.HalfSquaredError",
     "sklearn.compose._column_transformer.ColumnTransformer",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -73,13 +91,17 @@ TRUSTED_TYPES = [
     "numpy.dtype",  # SimpleImputer keeps the dtype it was fitted on: a value, not code
     "sklearn.impute._base.MissingIndicator",
     "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.linear_model._ridge.Ridge",
     "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
     "sklearn.pipeline.Pipeline",
 ]
 
 
-def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
-    family = trial.suggest_categorical("family", list(SEARCH_SPACE))
+def suggest_params(trial: optuna.Trial, task: str) -> dict[str, Any]:
+    """One point of `task`'s search space (SEARCH_SPACES says the same in words)."""
+    linear = "ridge" if task_kind(task) == "regression" else "logistic_regression"
+    family = trial.suggest_categorical("family", ["hist_gradient_boosting", linear])
     if family == "hist_gradient_boosting":
         return {
             "family": family,
@@ -89,6 +111,8 @@ def suggest_params(trial: optuna.Trial) -> dict[str, Any]:
             "min_samples_leaf": trial.suggest_int("min_samples_leaf", 5, 100),
             "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True),
         }
+    if family == "ridge":
+        return {"family": family, "alpha": trial.suggest_float("alpha", 1e-3, 100, log=True)}
     return {"family": family, "C": trial.suggest_float("C", 1e-3, 100, log=True)}
 
 
@@ -109,7 +133,8 @@ def make_model(params: dict[str, Any], schema: DatasetSchema, seed: int) -> Pipe
     gaps as they come: HistGradientBoosting has native missing-value branches; logistic
     regression gets a median imputer plus missing indicators. Rare categories beyond
     `schema.max_categories` share one "infrequent" level, which keeps the encoders (and
-    HistGradientBoosting's 255-bin limit) bounded on high-cardinality columns.
+    HistGradientBoosting's 255-bin limit) bounded on high-cardinality columns. A regression
+    schema gets the regressor of each family (squared error; Ridge for the linear one).
     """
     hyper = {k: v for k, v in params.items() if k != "family"}
     levels = schema.max_categories
@@ -129,7 +154,12 @@ def make_model(params: dict[str, Any], schema: DatasetSchema, seed: int) -> Pipe
         # Ordinal codes first, so the first len(categorical) columns are categories; unseen
         # categories become -1, which the model treats as missing instead of failing.
         mask = [True] * len(schema.categorical) + [False] * len(schema.numeric)
-        estimator = HistGradientBoostingClassifier(
+        boosting = (
+            HistGradientBoostingRegressor
+            if schema.task == "regression"
+            else HistGradientBoostingClassifier
+        )
+        estimator = boosting(
             **hyper, categorical_features=mask or None, early_stopping=False, random_state=seed
         )
     else:
@@ -149,19 +179,28 @@ def make_model(params: dict[str, Any], schema: DatasetSchema, seed: int) -> Pipe
                 ("numeric", numeric, schema.numeric),
             ]
         )
-        estimator = LogisticRegression(**hyper, max_iter=500)
+        estimator = (
+            Ridge(**hyper)
+            if schema.task == "regression"
+            else LogisticRegression(**hyper, max_iter=500)
+        )
     return Pipeline([("encode", encode), ("model", estimator)])
 
 
 class Folds:
-    """Stratified folds of one training set; a trial scores them one at a time so that
-    pruning can stop it after any fold."""
+    """Folds of one training set, stratified by class for classification (each fold keeps
+    the label balance) and plain shuffled folds for regression; a trial scores them one at
+    a time so that pruning can stop it after any fold."""
 
     def __init__(
         self, schema: DatasetSchema, x: pd.DataFrame, y: pd.Series, folds: int, seed: int
     ) -> None:
         self.schema, self.x, self.y, self.seed = schema, x, y, seed
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        splitter = (
+            KFold(n_splits=folds, shuffle=True, random_state=seed)
+            if schema.task == "regression"
+            else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        )
         self.splits = list(splitter.split(x, y))
 
     def __len__(self) -> int:
@@ -172,9 +211,9 @@ class Folds:
         fit_rows, val_rows = self.splits[fold]
         model = make_model(params, self.schema, self.seed)
         model.fit(self.x.iloc[fit_rows], self.y.iloc[fit_rows])
-        probabilities = model.predict_proba(self.x.iloc[val_rows])
         metric = metric_named(self.schema.metric)
-        return metric.score(self.y.iloc[val_rows], probabilities, model.classes_)
+        output = model_output(model, self.x.iloc[val_rows])
+        return metric.score(self.y.iloc[val_rows], output, classes_of(model))
 
 
 class FoldScorer(Protocol):
@@ -215,12 +254,25 @@ class Evaluation:
         return {f"{prefix}_{name}": value for name, value in self.scores.items()}
 
 
+def model_output(model: Any, x: pd.DataFrame) -> np.ndarray:
+    """What the metrics score: class probabilities (rows by classes) from a classifier,
+    predictions (float64, one per row) from a regressor."""
+    if is_classifier(model):
+        return model.predict_proba(x)
+    return np.asarray(model.predict(x), dtype=float)
+
+
+def classes_of(model: Any) -> tuple[Any, ...]:
+    """A classifier's classes in its column order; () for a regressor (the metrics' sign)."""
+    return tuple(model.classes_) if is_classifier(model) else ()
+
+
 def evaluate(model: Any, x: pd.DataFrame, y: pd.Series, metric: str) -> Evaluation | None:
-    """Score a fitted classifier by every metric, `metric` the primary one; None for an
-    empty frame (nothing to judge on)."""
+    """Score a fitted model by every metric of its task, `metric` the primary one; None for
+    an empty frame (nothing to judge on)."""
     if len(x) == 0:
         return None
-    scores = all_scores(y, model.predict_proba(x), model.classes_)
+    scores = all_scores(y, model_output(model, x), classes_of(model))
     return Evaluation(scores=scores, metric=metric, rows=len(x))
 
 
@@ -228,14 +280,16 @@ def slice_scores(
     model: Any, x: pd.DataFrame, y: pd.Series, feature: str, metric: str
 ) -> dict[str, dict[str, float]]:
     """Holdout scores per value of one categorical feature, for the model card: the primary
-    metric where a slice defines it (a slice of one class has no ROC AUC), and accuracy."""
-    probabilities = model.predict_proba(x)
+    metric where a slice defines it (a slice of one class has no ROC AUC), and accuracy
+    (mean absolute error for regression) beside it."""
+    output, classes = model_output(model, x), classes_of(model)
+    second = "accuracy" if classes else "mae"
     levels = x[feature].map(_level)
     out = {}
     for level in sorted(levels.unique()):
         rows = (levels == level).to_numpy()
-        scores = all_scores(y[rows], probabilities[rows], model.classes_)
-        shown = dict.fromkeys((metric, "accuracy"))  # the primary first, once
+        scores = all_scores(y[rows], output[rows], classes)
+        shown = dict.fromkeys((metric, second))  # the primary first, once
         out[level] = {name: scores[name] for name in shown if name in scores}
     return out
 

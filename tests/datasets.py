@@ -68,3 +68,58 @@ def with_roles(frame: pd.DataFrame, seed: int) -> pd.DataFrame:
         source="lab-export",
         above_median=flag,
     )
+
+
+def diabetes() -> pd.DataFrame:
+    """442 patients, 10 measurements, a disease-progression score a year later (regression)."""
+    bunch = sklearn_datasets.load_diabetes(as_frame=True)
+    return bunch.frame.rename(columns={"target": TARGET})
+
+
+def trump_approval() -> pd.DataFrame:
+    """1,001 days from river: five pollsters' numbers and the day, the approval average."""
+    rows = [{**x, TARGET: y} for x, y in river_datasets.TrumpApproval()]
+    return pd.DataFrame(rows)
+
+
+def friedman(rows: int, seed: int) -> pd.DataFrame:
+    """scikit-learn's Friedman #1 (10 inputs, 5 of them noise) with what a real table has
+    beside: a region as text that shifts the target, and gaps in two inputs."""
+    x, y = sklearn_datasets.make_friedman1(rows, n_features=10, noise=1.0, random_state=seed)
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(10)])
+    rng = np.random.default_rng(seed)
+    regions = np.array(["north", "south", "east", "west"])
+    region = regions[rng.integers(0, 4, rows)]
+    offset = pd.Series(region).map({"north": 0.0, "south": 2.0, "east": -1.5, "west": 4.0})
+    frame = with_gaps(frame, ["x1", "x7"], share=0.1, seed=seed)
+    return frame.assign(region=region, **{TARGET: y + offset.to_numpy()})
+
+
+def plain_output(x: pd.DataFrame, y: pd.Series, holdout: pd.DataFrame, task: str) -> tuple:
+    """What a plain scikit-learn model says on `holdout`: HistGradientBoosting at its
+    defaults fitted on (x, y), text columns as categories, bools as numbers. Returns the
+    output the metrics take (probabilities or predictions) and the classes (() for
+    regression): the baseline a champion is compared with on the same split."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    text = [c for c in x.columns if x[c].dtype == object and not _bools(x[c])]
+    numbers = [c for c in x.columns if c not in text]
+
+    def prepared(frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.copy()
+        out[numbers] = out[numbers].astype(float)
+        for name in text:
+            out[name] = pd.Categorical(frame[name], categories=sorted(x[name].dropna().unique()))
+        return out
+
+    if task == "regression":
+        model = HistGradientBoostingRegressor(random_state=0, categorical_features="from_dtype")
+        return model.fit(prepared(x), y).predict(prepared(holdout)), ()
+    model = HistGradientBoostingClassifier(random_state=0, categorical_features="from_dtype")
+    model.fit(prepared(x), y)
+    return model.predict_proba(prepared(holdout)), model.classes_
+
+
+def _bools(column: pd.Series) -> bool:
+    values = column.dropna()
+    return len(values) > 0 and values.map(type).eq(bool).all()

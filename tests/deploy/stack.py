@@ -341,7 +341,7 @@ def run_trials(
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker)
-        params = suggest_params(trial)
+        params = suggest_params(trial, schema.task)
         return cross_validate(params, folds)
 
     _await_peers(barrier, worker, peers)

@@ -116,12 +116,24 @@ def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) 
         run_monitors(settings, instance)
         calm = evaluate(drift_sensor(settings), instance)
         assert calm.run_requests == [] and "below" in calm.skip_message
-        calm_at = instance.get_latest_materialization_event(
-            dg.AssetKey("feature_drift_report")
-        ).timestamp
+        calm_report = instance.get_latest_materialization_event(dg.AssetKey("feature_drift_report"))
+        calm_at = calm_report.timestamp
+        # the champion's served decisions against its own on the training rows: as calm
+        calm_metadata = calm_report.asset_materialization.metadata
+        assert calm_metadata["prediction_drifted"].value is False
+        assert "prediction_drift_method" in calm_metadata
 
         replace_log(settings, DriftPlan(covariate_shift_at=0), 1000, "shifted")
         run_monitors(settings, instance)
+        shifted = instance.get_latest_materialization_event(dg.AssetKey("feature_drift_report"))
+        moved = shifted.asset_materialization.metadata
+        # richer applicants get other decisions: the predictions move (a distance here,
+        # 0.077 against 0.011 calm; below Evidently's 0.1 drift threshold)
+        assert moved["prediction_drift_method"] == calm_metadata["prediction_drift_method"]
+        assert (
+            moved["prediction_drift_score"].value
+            > 2 * calm_metadata["prediction_drift_score"].value
+        )
         waiting = evaluate(drift_sensor(settings), instance, calm.cursor)
         assert waiting.run_requests == []
         assert "waiting for labelled rows since the change: 0 of 250" in waiting.skip_message

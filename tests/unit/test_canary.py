@@ -88,7 +88,7 @@ def test_log_loss_is_compared_per_request_lower_being_better() -> None:
     assert better.difference > 0 and better.verdict == "advance"  # ... is a gain
     assert worse.difference < 0 and worse.verdict == "rollback" and worse.p_value < 0.001
     assert np.isclose(
-        better.challenger_score, LOG_LOSS.score(confident.labels, confident.probabilities, CLASSES)
+        better.challenger_score, LOG_LOSS.score(confident.labels, confident.outputs, CLASSES)
     )
 
 
@@ -158,14 +158,14 @@ def test_live_evidence_uses_logged_probabilities_else_decisions(
     _logs(settings, [("r1", "b", [0.2, 0.7, 0.1]), ("r2", "c", [0.5, 0.1, 0.4])], "new")
     arm, logged, p99 = arm_evidence(settings, since, "challenger", "2", classes)
     assert logged and p99 == 5.0 and sorted(arm.labels) == ["b", "c"]
-    assert sorted(map(tuple, arm.probabilities.tolist())) == [(0.2, 0.7, 0.1), (0.5, 0.1, 0.4)]
+    assert sorted(map(tuple, arm.outputs.tolist())) == [(0.2, 0.7, 0.1), (0.5, 0.1, 0.4)]
     assert evidence_metric(ROC_AUC, logged) is ROC_AUC
 
     _logs(settings, [("r3", "a", None)], "old")  # three classes: one probability tells nothing
     arm, logged, _ = arm_evidence(settings, since, "challenger", "2", classes)
     assert not logged and len(arm) == 3
     assert evidence_metric(ROC_AUC, logged) is ACCURACY
-    assert ACCURACY.score(arm.labels, arm.probabilities, classes) == pytest.approx(2 / 3)
+    assert ACCURACY.score(arm.labels, arm.outputs, classes) == pytest.approx(2 / 3)
     waiting = analyse(arm, arm, POLICY, ROC_AUC, classes)
     numbers = evidence_numbers(waiting, arm, arm, classes)  # accuracy beside any metric
     assert numbers == {"challenger_accuracy": pytest.approx(2 / 3), "champion_accuracy": 2 / 3}
