@@ -4,6 +4,11 @@ Champion and challenger live in the same replica as the HTTP ingress: on a small
 every extra deployment hop costs more than the model call itself (see docs/benchmarks.md),
 and keeping both models in-process is what makes the alias swap a single assignment.
 Replicas scale out horizontally; each watches the registry on its own.
+
+A deployment serves one task, its first champion's: a classifier answers labels and
+probabilities, a regressor one float per instance. A version of the other task is refused
+(as a version with another signature is), so the OpenAPI schema, the feedback the routes
+take and the log's meaning never change under a running deployment.
 """
 
 import asyncio
@@ -12,6 +17,7 @@ import gc
 import hmac
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -61,11 +68,9 @@ from serving.schemas import (
     FeedbackItem,
     FeedbackResponse,
     ModelState,
-    PredictResponse,
     Readiness,
     RoutingUpdate,
     build_request_models,
-    feedback_body,
 )
 
 logger = logging.getLogger("ray.serve")
@@ -194,7 +199,11 @@ class ModelServer:
         await self._start_models()
         assert self.champion is not None
         self.features = self.champion.features
-        self.request_models = build_request_models(self.features, self.settings.serve_max_instances)
+        self.request_models = build_request_models(
+            self.features,
+            self.settings.serve_max_instances,
+            regression=self.champion.task == "regression",
+        )
         writer = f"{_replica_id()}-{uuid.uuid4().hex[:6]}"
         window = self.settings.prediction_log_window_s
         capacity = self.settings.prediction_log_capacity
@@ -291,6 +300,8 @@ class ModelServer:
                     model = await self._load(alias, info)
                 if model is None and (info is not None or alias == CHAMPION):
                     model = await asyncio.to_thread(self.store.load_cached, alias)
+            if model is not None and not self._same_task(alias, model):
+                model = None
             setattr(self, alias, model)
         if self.champion is None:
             raise RuntimeError(
@@ -318,7 +329,27 @@ class ModelServer:
             self.refused.add((alias, info.version))
             self._alert("signature_changed", f"@{alias} v{info.version}: redeploy to serve it")
             return None
+        if not self._same_task(alias, model):
+            return None
         return model
+
+    def _same_task(self, alias: str, model: LoadedModel) -> bool:
+        """Whether `model` does the task of the champion being served (or is the first
+        champion); if not, it is refused, alerted once, and the champion keeps serving."""
+        champion = self.champion
+        if champion is None or model.task == champion.task:
+            return True
+        if (alias, model.version) in self.refused:  # its cached copy, after the download
+            return False
+        self.refused.add((alias, model.version))
+        self.metrics.swaps.labels(alias, "refused").inc()
+        self._alert(
+            "model_refused",
+            f"@{alias} v{model.version} is a {model.task} model but @champion "
+            f"v{champion.version} is a {champion.task} model: a deployment serves one task "
+            "(the challenger must be the champion's task; redeploy to change the task)",
+        )
+        return False
 
     async def _watch(self) -> None:
         while True:
@@ -394,7 +425,7 @@ class ModelServer:
     )
     async def _infer(
         self, items: list[tuple[LoadedModel, list[dict[str, Any]]]]
-    ) -> list[tuple[list[Any], Any]]:
+    ) -> list[tuple[list[Any], np.ndarray | None]]:
         """One model call per model for everything queued since the last call.
 
         No wait when idle (timeout 0): batches form from requests that arrived while the
@@ -409,8 +440,9 @@ class ModelServer:
 
     def _infer_now(
         self, items: list[tuple[LoadedModel, list[dict[str, Any]]]]
-    ) -> list[tuple[list[Any], Any]]:
-        results: list[tuple[list[Any], Any] | None] = [None] * len(items)
+    ) -> list[tuple[list[Any], np.ndarray | None]]:
+        """Per item its predictions and probabilities (None for a regressor)."""
+        results: list[tuple[list[Any], np.ndarray | None] | None] = [None] * len(items)
         by_model: dict[int, list[int]] = {}
         for position, (model, _) in enumerate(items):
             by_model.setdefault(id(model), []).append(position)
@@ -422,7 +454,8 @@ class ModelServer:
             start = 0
             for p in positions:
                 end = start + len(items[p][1])
-                results[p] = (labels[start:end], probabilities[start:end])
+                share = None if probabilities is None else probabilities[start:end]
+                results[p] = (labels[start:end], share)
                 start = end
         return results  # type: ignore[return-value]
 
@@ -436,7 +469,9 @@ class ModelServer:
         rows = [i.__dict__ for i in instances]  # features, `id` (already a str) and `key`
         labels, probabilities = await self._infer((model, rows))
         request_id = uuid.uuid4().hex
-        listed = probabilities.tolist()
+        listed = None if probabilities is None else probabilities.tolist()
+        if listed is None and not all(map(math.isfinite, labels)):
+            return self._no_finite_prediction(model, labels)
         body = {
             "predictions": labels,
             "probabilities": listed,
@@ -444,6 +479,8 @@ class ModelServer:
             "model_version": model.version,
             "request_id": request_id,
         }
+        if listed is None:  # a regressor: one float per instance, no probabilities
+            del body["probabilities"]
         response = Response(
             json.dumps(body).encode(),
             media_type="application/json",
@@ -463,6 +500,17 @@ class ModelServer:
             task.add_done_callback(self.shadow_tasks.discard)
         return response
 
+    def _no_finite_prediction(self, model: LoadedModel, values: list[float]) -> Response:
+        """A 422 for instances a regressor cannot answer: a feature far beyond anything in
+        training overflows a linear model to ±inf or NaN, which JSON cannot carry."""
+        self.metrics.requests.labels("none", "refused", "422").inc()
+        bad = [i for i, value in enumerate(values) if not math.isfinite(value)]
+        detail = (
+            f"v{model.version} gives no finite prediction for instances {bad}: a feature is "
+            "far outside the range the model was trained on"
+        )
+        return JSONResponse({"detail": detail}, status_code=422)
+
     async def _shadow(
         self, challenger: LoadedModel, request_id: str, key: str | None, rows: list[dict]
     ) -> None:
@@ -476,7 +524,7 @@ class ModelServer:
         elapsed = time.perf_counter() - started
         self._observe(challenger, SHADOW_ROUTE, elapsed)
         unseen = challenger.unseen(rows)
-        listed = probabilities.tolist()
+        listed = None if probabilities is None else probabilities.tolist()
         self._log(request_id, challenger, SHADOW_ROUTE, key, rows, labels, listed, unseen, elapsed)
 
     def _observe(self, model: LoadedModel, route: Route, elapsed: float) -> None:
@@ -496,10 +544,12 @@ class ModelServer:
         key: str | None,
         rows: list[dict[str, Any]],
         labels: list[Any],
-        probabilities: list[list[float]],
+        probabilities: list[list[float]] | None,
         unseen: list[str | None],
         elapsed: float,
     ) -> None:
+        """One record per instance. A label is logged as `str`; a regressor's float as its
+        `repr` (the shortest string that reads back as the same float) with no probability."""
         at = datetime.now(UTC)
         common = {
             "request_id": request_id,
@@ -509,6 +559,22 @@ class ModelServer:
             "key": key,
             "latency_ms": elapsed * 1000,
         }
+        if probabilities is None:
+            self.prediction_log.append(
+                [
+                    {
+                        **common,
+                        **row,
+                        "index": i,
+                        "prediction": repr(value),
+                        "probability": None,
+                        "probabilities": None,
+                        "unseen": u,
+                    }
+                    for i, (row, value, u) in enumerate(zip(rows, labels, unseen, strict=True))
+                ]
+            )
+            return
         self.prediction_log.append(
             [
                 {
@@ -527,6 +593,8 @@ class ModelServer:
         )
 
     def feedback(self, items: list[FeedbackItem]) -> FeedbackResponse:
+        """Labels as strings; a regressor's observed value is already a float (validated
+        as `RegressionFeedbackItem`), so its `str` is its `repr` and reads back exactly."""
         at = datetime.now(UTC)
         self.feedback_log.append(
             [
@@ -563,7 +631,7 @@ def build_api(server: ModelServer) -> FastAPI:
     )
     predict_model = server.request_models.predict
     max_instances = server.settings.serve_max_instances
-    feedback_model = feedback_body(max_instances)
+    feedback_model = server.request_models.feedback
     name = server.settings.model_name
     admin_key = server.settings.admin_api_key  # None when unset, empty or blank
 
@@ -614,7 +682,7 @@ def build_api(server: ModelServer) -> FastAPI:
 
     @api.post(
         "/v1/models/{model}:predict",
-        response_model=PredictResponse,
+        response_model=server.request_models.response,
         responses={404: {"description": "unknown model"}, 413: {"description": "too many"}},
     )
     async def predict(model: str, body: predict_model) -> Response:  # type: ignore[valid-type]
@@ -683,7 +751,11 @@ def _state(model: LoadedModel | None) -> ModelState | None:
     if model is None:
         return None
     return ModelState(
-        alias=model.alias, version=model.version, sha256=model.sha256, source=model.source
+        alias=model.alias,
+        version=model.version,
+        sha256=model.sha256,
+        source=model.source,
+        task=model.task,
     )
 
 

@@ -1,11 +1,12 @@
 """A NumPy-only prediction path compiled from a fitted pipeline, for the serving hot path.
 
-`Pipeline.predict_proba` on a small DataFrame spends most of its time validating pandas
-input in the ColumnTransformer, its encoders and HistGradientBoosting's own internal
-encoder, not in the trees. At load time the fitted encoders are compiled into
-per-feature lookups (category -> code, imputed value, standardisation constants), so a
-request's rows become the estimator's float64 matrix directly, without pandas, and
-HistGradientBoosting's trees are summed as its `_raw_predict` does (see `Boosting`).
+`Pipeline.predict_proba` (or a regressor's `predict`) on a small DataFrame spends most of
+its time validating pandas input in the ColumnTransformer, its encoders and
+HistGradientBoosting's own internal encoder, not in the trees. At load time the fitted
+encoders are compiled into per-feature lookups (category -> code, imputed value,
+standardisation constants), so a request's rows become the estimator's float64 matrix
+directly, without pandas, and HistGradientBoosting's trees are summed as its `_raw_predict`
+does (see `Boosting`), for a classifier and a regressor alike.
 Encoders are compiled by asking them: each one transforms its own categories, a missing
 value and an unseen one, so infrequent categories and missing values land where scikit-learn
 puts them without re-implementing its rules. Only what `make_model` builds is compiled;
@@ -25,9 +26,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
@@ -192,7 +193,8 @@ class Forest:
 
 @dataclass(frozen=True)
 class Boosting:
-    """HistGradientBoostingClassifier's `_raw_predict` on an already encoded matrix.
+    """HistGradientBoosting's `_raw_predict` on an already encoded matrix, then the
+    classifier's probabilities or the regressor's inverse link (identity for squared error).
 
     The same private calls in the same order as scikit-learn 1.9 (pinned in pyproject), minus
     per-call input validation and re-encoding, which the compiled columns already did; a few
@@ -207,7 +209,9 @@ class Boosting:
     forests: tuple[Forest, ...]
 
     @classmethod
-    def of(cls, estimator: HistGradientBoostingClassifier) -> Boosting:
+    def of(
+        cls, estimator: HistGradientBoostingClassifier | HistGradientBoostingRegressor
+    ) -> Boosting:
         bitsets, f_idx_map = estimator._bin_mapper.make_known_categories_bitsets()
         predictors = estimator._predictors
         forests = tuple(
@@ -218,29 +222,38 @@ class Boosting:
         return cls(predictors, bitsets, f_idx_map, baseline, estimator._loss, forests)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """The classifier's `predict_proba`."""
+        return self.loss.predict_proba(self.raw(x))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The regressor's `predict`: one value per row."""
+        return self.loss.link.inverse(self.raw(x).ravel())
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        """The baseline plus every tree's leaf value: shape (rows, trees per iteration)."""
         if x.shape[0] <= FOREST_ROWS:
             # Summed left to right from the baseline (cumsum is sequential), the order
-            # `_raw_predict` adds trees in, so the probabilities are bit-identical.
-            raw = np.stack(
+            # `_raw_predict` adds trees in, so the sums are bit-identical.
+            return np.stack(
                 [
                     np.cumsum(np.hstack([np.full((len(x), 1), start), forest.leaf_values(x)]), 1)
                     for start, forest in zip(self.baseline.ravel(), self.forests, strict=True)
                 ],
                 axis=1,
             )[:, :, -1]
-            return self.loss.predict_proba(raw)
         raw = np.zeros((x.shape[0], self.baseline.shape[-1]), self.baseline.dtype, order="F")
         raw += self.baseline
         n_threads = _openmp_effective_n_threads()
         for predictors_of_iteration in self.predictors:
             for k, predictor in enumerate(predictors_of_iteration):
                 raw[:, k] += predictor.predict(x, self.known_cat_bitsets, self.f_idx_map, n_threads)
-        return self.loss.predict_proba(raw)
+        return raw
 
 
 @dataclass(frozen=True)
 class CompiledPipeline:
-    """Request rows to class probabilities, equal to the pipeline's `predict_proba`."""
+    """Request rows to the pipeline's output: a classifier's `predict_proba` (rows by
+    classes), a regressor's `predict` (one float64 per row)."""
 
     columns: tuple[Column, ...]
     sparse_output: bool
@@ -276,7 +289,7 @@ class CompiledPipeline:
         # The same zero-free, column-sorted CSR as ColumnTransformer's sparse hstack.
         return sparse.csr_matrix(out) if self.sparse_output else out
 
-    def predict_proba(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    def output(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
         return self.estimate(self.matrix(rows))
 
     def probe_rows(self, example: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -342,8 +355,9 @@ def _unseen(known: list[Any], kind: str) -> Any:
 
 
 def compile_pipeline(pipeline: Any, features: tuple[FeatureField, ...]) -> CompiledPipeline:
-    """Compile `Pipeline([ColumnTransformer, HGB or LogisticRegression])` as `make_model`
-    builds it; raise `NotCompilable` for anything else."""
+    """Compile `Pipeline([ColumnTransformer, estimator])` as `make_model` builds it, the
+    estimator a HistGradientBoosting classifier or regressor, LogisticRegression or Ridge;
+    raise `NotCompilable` for anything else."""
     if not isinstance(pipeline, Pipeline) or len(pipeline.steps) != 2:
         raise NotCompilable("not a two-step Pipeline")
     encode, estimator = (step for _, step in pipeline.steps)
@@ -357,16 +371,19 @@ def compile_pipeline(pipeline: Any, features: tuple[FeatureField, ...]) -> Compi
         raise NotCompilable("the estimator was fitted with feature names")
     if sum(_width(c) for c in columns) != estimator.n_features_in_:
         raise NotCompilable("the encoded width differs from what the estimator was fitted on")
-    if isinstance(estimator, LogisticRegression):
+    if isinstance(estimator, LogisticRegression | Ridge):
         order = "C" if encode.sparse_output_ else _dense_order(encode, columns, types)
-        return CompiledPipeline(
-            columns, encode.sparse_output_, order, estimator.predict_proba, features
-        )
-    if not isinstance(estimator, HistGradientBoostingClassifier) or encode.sparse_output_:
+        linear = estimator.predict if isinstance(estimator, Ridge) else estimator.predict_proba
+        return CompiledPipeline(columns, encode.sparse_output_, order, linear, features)
+    boosting = HistGradientBoostingClassifier | HistGradientBoostingRegressor
+    if not isinstance(estimator, boosting) or encode.sparse_output_:
         raise NotCompilable(f"no fast path for {type(estimator).__name__}")
     if estimator._preprocessor is not None:  # its own encoder of the categorical columns
         columns = _compile_columns(estimator._preprocessor, _per_output(columns), types)
-    return CompiledPipeline(columns, False, "C", Boosting.of(estimator).predict_proba, features)
+    trees = Boosting.of(estimator)
+    regressor = isinstance(estimator, HistGradientBoostingRegressor)
+    estimate = trees.predict if regressor else trees.predict_proba
+    return CompiledPipeline(columns, False, "C", estimate, features)
 
 
 def _dense_order(
@@ -375,7 +392,8 @@ def _dense_order(
     """The memory order of the ColumnTransformer's dense output, asked of it on two rows.
 
     It decides the order in which BLAS sums a linear model's dot products, so the last bits
-    of the probabilities: numeric blocks come from DataFrames in F order, encoders give C.
+    of its probabilities or predictions: numeric blocks come from DataFrames in F order,
+    encoders give C.
     """
     row: dict[str, Any] = {
         name: 0.0 if types[name] in NUMERIC_TYPES else "" for name in encode.feature_names_in_

@@ -1,7 +1,8 @@
 """Loading a registered version for serving: verified, warmed up, and kept on local disk.
 
 A version is only served after its artifact's SHA-256 matches the registry tag, it loads
-with the skops allow-list, and it answers its own input example with finite probabilities.
+with the skops allow-list, and it answers its own input example with finite probabilities
+(a classifier) or one finite prediction per row (a regressor).
 Every verified artifact is copied under `DRIFTLOOP_HOME/serving/models/` and the last good
 version per alias is recorded, so a replica starts and keeps serving while MLflow is down.
 The cache is never trusted: a copy is hashed again before every load from it, and an
@@ -25,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from mlflow.models import Model
+from sklearn.base import is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
@@ -37,12 +39,19 @@ from driftloop.registry import (
     directory_sha256,
 )
 from driftloop.training import TRUSTED_TYPES
-from serving.fastpath import CompiledPipeline, compile_pipeline, frame_of, request_value
+from serving.fastpath import (
+    FOREST_ROWS,
+    CompiledPipeline,
+    compile_pipeline,
+    frame_of,
+    request_value,
+)
 from serving.schemas import FeatureField, features_from_signature
 
 logger = logging.getLogger(__name__)
 
 Source = Literal["registry", "cache"]
+Task = Literal["classification", "regression"]
 
 
 class ModelRejected(Exception):
@@ -59,20 +68,33 @@ class LoadedModel:
     source: Source
     pipeline: Any
     features: tuple[FeatureField, ...]
+    # A classifier's classes in its probability columns' order; () for a regressor.
     classes: tuple[Any, ...]
     compiled: CompiledPipeline | None = None
     # The training categories of each categorical feature, to flag unseen values.
     categories: dict[str, frozenset[Any]] = dataclasses.field(default_factory=dict)
 
-    def predict(self, frame: pd.DataFrame) -> tuple[list[Any], np.ndarray]:
-        """Labels and class probabilities for each row, from one `predict_proba` call."""
-        return self._labelled(self.pipeline.predict_proba(frame))
+    @property
+    def task(self) -> Task:
+        return "classification" if self.classes else "regression"
 
-    def predict_rows(self, rows: list[dict[str, Any]]) -> tuple[list[Any], np.ndarray]:
+    def output(self, frame: pd.DataFrame) -> np.ndarray:
+        """The pipeline's own answer: class probabilities (rows by classes) from a
+        classifier, one float64 per row from a regressor."""
+        if self.classes:
+            return self.pipeline.predict_proba(frame)
+        return self.pipeline.predict(frame)
+
+    def predict(self, frame: pd.DataFrame) -> tuple[list[Any], np.ndarray | None]:
+        """Each row's prediction (a label, or a regressor's float) and the class
+        probabilities (None for a regressor), from one pipeline call."""
+        return self._answered(self.output(frame))
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> tuple[list[Any], np.ndarray | None]:
         """`predict` for request rows: on the compiled path when it was verified at load."""
         if self.compiled is None:
             return self.predict(frame_of(rows, self.features))
-        return self._labelled(self.compiled.predict_proba(rows))
+        return self._answered(self.compiled.output(rows))
 
     def unseen(self, rows: list[dict[str, Any]]) -> list[str | None]:
         """Per row, the comma-joined categorical features whose value training never saw
@@ -85,8 +107,10 @@ class LoadedModel:
                     flagged[i] = name if flagged[i] is None else f"{flagged[i]},{name}"
         return flagged
 
-    def _labelled(self, probabilities: np.ndarray) -> tuple[list[Any], np.ndarray]:
-        return [self.classes[i] for i in probabilities.argmax(axis=1)], probabilities
+    def _answered(self, output: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
+        if not self.classes:
+            return output.tolist(), None  # Python floats: JSON and the log keep every bit
+        return [self.classes[i] for i in output.argmax(axis=1)], output
 
 
 def training_categories(pipeline: Any) -> dict[str, frozenset[Any]]:
@@ -209,7 +233,8 @@ class ModelStore:
 
 
 def _open(alias: str, version: str, sha256: str, source: Source, directory: Path) -> LoadedModel:
-    """Load with the skops allow-list and refuse a model that fails its own input example."""
+    """Load with the skops allow-list and refuse a model that fails its own input example;
+    a regressor (`is_regressor` asks the pipeline's final step) has no classes."""
     import skops.io
 
     started = time.perf_counter()
@@ -223,7 +248,7 @@ def _open(alias: str, version: str, sha256: str, source: Source, directory: Path
         source=source,
         pipeline=pipeline,
         features=features,
-        classes=tuple(_python(c) for c in pipeline.classes_),
+        classes=() if is_regressor(pipeline) else tuple(_python(c) for c in pipeline.classes_),
         categories=training_categories(pipeline),
     )
     loaded = metadata.load_input_example(str(directory))
@@ -232,11 +257,11 @@ def _open(alias: str, version: str, sha256: str, source: Source, directory: Path
     rows = example_rows(loaded, features)
     example = frame_of(rows, features)  # as requests will reach the model
     for _ in range(3):  # the first calls pay for lazy imports and allocations
-        _, probabilities = model.predict(example)
-    if probabilities.shape != (len(example), len(model.classes)) or not np.all(
-        np.isfinite(probabilities)
-    ):
-        raise ModelRejected(f"version {version} gives invalid probabilities on its example")
+        output = model.output(example)
+    shape = (len(example), len(model.classes)) if model.classes else (len(example),)
+    if output.shape != shape or not np.all(np.isfinite(output)):
+        what = "probabilities" if model.classes else "predictions"
+        raise ModelRejected(f"version {version} gives invalid {what} on its example")
     model = dataclasses.replace(model, compiled=compile_checked(model, rows))
     logger.info(
         "loaded @%s v%s from %s in %.0f ms (%s path)",
@@ -250,30 +275,53 @@ def _open(alias: str, version: str, sha256: str, source: Source, directory: Path
 
 
 def compile_checked(model: LoadedModel, example: list[dict[str, Any]]) -> CompiledPipeline | None:
-    """The compiled path if it gives the pipeline's probabilities on probe rows, else None.
+    """The compiled path if it gives the pipeline's output on probe rows, else None.
 
     Any failure here only costs speed: the model is then served by the pandas path.
     """
     try:
         compiled = compile_pipeline(model.pipeline, model.features)
         rows = compiled.probe_rows(example)
-        fast = compiled.predict_proba(rows)
-        # Row by row too: a few rows take another route through the trees (`Forest`).
-        fast_alone = np.vstack([compiled.predict_proba([row]) for row in rows])
-        slow = model.pipeline.predict_proba(frame_of(rows, model.features))
+        agrees = (_close if model.classes else _identical)(model, compiled, rows)
     except Exception as error:  # NotCompilable, or anything the probes trip over
         logger.warning("v%s is served by the pandas path: %s", model.version, error)
         return None
-    if any(
-        got.shape != slow.shape or not np.allclose(got, slow, rtol=0, atol=1e-12)
-        for got in (fast, fast_alone)
-    ):
+    if not agrees:
         logger.warning(
             "v%s is served by the pandas path: the compiled path disagrees on probe rows",
             model.version,
         )
         return None
     return compiled
+
+
+def _close(model: LoadedModel, compiled: CompiledPipeline, rows: list[dict[str, Any]]) -> bool:
+    """Probabilities within 1e-12 of the pipeline's on all rows at once and row by row (a
+    few rows take another route through the trees, `Forest`)."""
+    slow = model.output(frame_of(rows, model.features))
+    fast_alone = np.vstack([compiled.output([row]) for row in rows])
+    return all(
+        got.shape == slow.shape and np.allclose(got, slow, rtol=0, atol=1e-12)
+        for got in (compiled.output(rows), fast_alone)
+    )
+
+
+def _identical(model: LoadedModel, compiled: CompiledPipeline, rows: list[dict[str, Any]]) -> bool:
+    """A regressor's predictions bit for bit, on the target's scale (no tolerance fits every
+    target), each batch against the pipeline on the same batch: all rows, one row, and
+    batches small enough for `Forest`. The same batch, because a linear model's own BLAS sums
+    differ in the last bit between batch sizes (Ridge on diabetes: 5.7e-14)."""
+    batches = [
+        rows,
+        rows[:1],
+        *(rows[i : i + FOREST_ROWS] for i in range(0, len(rows), FOREST_ROWS)),
+    ]
+    for batch in batches:
+        fast = compiled.output(batch)
+        slow = model.output(frame_of(batch, model.features))
+        if fast.shape != (len(batch),) or not np.array_equal(fast, slow):
+            return False
+    return True
 
 
 def _python(value: Any) -> Any:

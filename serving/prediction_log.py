@@ -42,7 +42,9 @@ def prediction_schema(features: tuple[FeatureField, ...]) -> pa.Schema:
 
     `id` is the instance's business id, `probabilities` every class's in the model's class
     order (sorted labels), `unseen` the comma-joined categorical features whose value
-    training never saw; features are null where the instance left them out.
+    training never saw; features are null where the instance left them out. A regressor's
+    `prediction` is `repr(float)`, which `float()` reads back bit for bit, and its
+    `probability` and `probabilities` are null.
     """
     return pa.schema(
         [
@@ -63,7 +65,8 @@ def prediction_schema(features: tuple[FeatureField, ...]) -> pa.Schema:
     )
 
 
-# A label names its prediction by the answer's `request_id` or the instance's `id`.
+# A label names its prediction by the answer's `request_id` or the instance's `id`; a
+# regressor's observed value is `repr(float)`, as its predictions are.
 FEEDBACK_SCHEMA = pa.schema(
     [
         ("request_id", pa.string()),

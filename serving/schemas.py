@@ -1,7 +1,9 @@
 """Request and response models; the instance model is built from the model signature.
 
 The signature of the version being served decides the fields, so the OpenAPI schema, the
-422s and the DataFrame handed to the pipeline always agree with what was trained.
+422s and the DataFrame handed to the pipeline always agree with what was trained. Its task
+decides the answer and the feedback: labels and probabilities for a classifier, one float
+per instance (and an observed number as feedback) for a regressor.
 """
 
 from __future__ import annotations
@@ -113,15 +115,19 @@ def features_from_signature(signature: Any) -> tuple[FeatureField, ...]:
 
 @dataclass(frozen=True)
 class RequestModels:
-    """The pydantic classes one deployment validates with."""
+    """The pydantic classes one deployment validates and documents with."""
 
     instance: type[BaseModel]
     predict: type[BaseModel]
+    feedback: Any  # the feedback route's body (`feedback_body`)
+    response: type[BaseModel]  # what the predict route answers, for the OpenAPI schema
 
 
-def build_request_models(features: tuple[FeatureField, ...], max_instances: int) -> RequestModels:
+def build_request_models(
+    features: tuple[FeatureField, ...], max_instances: int, regression: bool = False
+) -> RequestModels:
     """Strict per-feature types (null or omitted only where nullable), unknown fields refused,
-    an optional business `id` and routing `key`."""
+    an optional business `id` and routing `key`; feedback and answer as the task has them."""
     clashes = [f.name for f in features if f.name in RESERVED]
     if clashes:
         raise ValueError(
@@ -149,7 +155,12 @@ def build_request_models(features: tuple[FeatureField, ...], max_instances: int)
         __config__=ConfigDict(extra="forbid"),
         instances=(list[instance], Field(min_length=1, max_length=max_instances)),  # type: ignore[valid-type]
     )
-    return RequestModels(instance=instance, predict=predict)
+    return RequestModels(
+        instance=instance,
+        predict=predict,
+        feedback=feedback_body(max_instances, regression),
+        response=RegressionResponse if regression else PredictResponse,
+    )
 
 
 class PredictResponse(BaseModel):
@@ -160,6 +171,22 @@ class PredictResponse(BaseModel):
     ids: list[str | None]
     model_version: str
     request_id: str
+
+
+class RegressionResponse(BaseModel):
+    """KServe V1 answer of a regression model: one predicted value per instance, no class
+    probabilities; the ids feedback refers to."""
+
+    predictions: list[float] = Field(
+        description="The predicted value of each instance, in order (a float64)."
+    )
+    ids: list[str | None]
+    model_version: str
+    request_id: str
+
+
+# What a regression model's feedback carries: the observed value, a finite number.
+Observed = Annotated[StrictInt | StrictFloat, AfterValidator(_finite_float)]
 
 
 class FeedbackItem(BaseModel):
@@ -181,15 +208,23 @@ class FeedbackItem(BaseModel):
         return self
 
 
-def feedback_body(max_items: int) -> Any:
+class RegressionFeedbackItem(FeedbackItem):
+    """The observed value for one answer of a regression model: a JSON number (not a
+    string, not a bool), within float64 and finite; kept as that float."""
+
+    label: Observed  # type: ignore[assignment]
+
+
+def feedback_body(max_items: int, regression: bool = False) -> Any:
     """The feedback route's body: one item, or a list of 1 to `max_items` (more is a 413).
 
     The branch is chosen by the JSON shape, so an error names only the branch sent
     (`body.item…` or `body.items…`), not both union members.
     """
+    item = RegressionFeedbackItem if regression else FeedbackItem
     return Annotated[
-        Annotated[FeedbackItem, Tag("item")]
-        | Annotated[list[FeedbackItem], Field(min_length=1, max_length=max_items), Tag("items")],
+        Annotated[item, Tag("item")]
+        | Annotated[list[item], Field(min_length=1, max_length=max_items), Tag("items")],  # type: ignore[valid-type]
         Discriminator(lambda value: "items" if isinstance(value, list) else "item"),
     ]
 
@@ -212,6 +247,7 @@ class ModelState(BaseModel):
     version: str
     sha256: str
     source: Literal["registry", "cache"]
+    task: Literal["classification", "regression"]
 
 
 class Readiness(BaseModel):

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from serving.schemas import (
     FeatureField,
     FeedbackItem,
+    RegressionFeedbackItem,
     build_request_models,
     features_from_signature,
 )
@@ -82,3 +83,12 @@ def test_feedback_names_its_prediction_by_exactly_one_reference() -> None:
     for body in ({"label": 1}, {"id": "a", "request_id": "b", "label": 1}):
         with pytest.raises(ValidationError, match=r"exactly one of 'request_id'.*and 'id'"):
             FeedbackItem.model_validate(body)
+
+
+def test_a_regression_label_is_a_finite_number_kept_as_a_float() -> None:
+    assert RegressionFeedbackItem.model_validate({"id": 1, "label": 151}).label == 151.0
+    assert type(RegressionFeedbackItem.model_validate({"id": 1, "label": 151}).label) is float
+    for label in ("151", True, float("nan"), float("inf"), 10**309, None):
+        with pytest.raises(ValidationError) as error:
+            RegressionFeedbackItem.model_validate({"id": 1, "label": label})
+        assert all(problem["loc"][0] == "label" for problem in error.value.errors())

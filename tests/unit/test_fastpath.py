@@ -150,7 +150,7 @@ def test_compiled_probabilities_are_identical(family: str, variant: str) -> None
     # Many rows take the per-tree route, up to 8 the all-trees-at-once `Forest`.
     for batch in (rows, rows[:3], rows[:1], rows[-1:], *([row] for row in rows[200:215])):
         expected = model.pipeline.predict_proba(frame_of(batch, model.features))
-        assert np.array_equal(compiled.predict_proba(batch), expected)
+        assert np.array_equal(compiled.output(batch), expected)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -161,7 +161,7 @@ def test_multiclass_probabilities_are_identical(family: str) -> None:
     for batch in (rows, rows[:3], rows[-9:]):
         expected = model.pipeline.predict_proba(frame_of(batch, model.features))
         assert expected.shape == (len(batch), 3)
-        assert np.array_equal(compiled.predict_proba(batch), expected)
+        assert np.array_equal(compiled.output(batch), expected)
 
 
 def test_missing_values_take_the_models_missing_branches() -> None:
@@ -170,8 +170,8 @@ def test_missing_values_take_the_models_missing_branches() -> None:
     model = fitted("hist_gradient_boosting", "mixed")
     compiled = compile_pipeline(model.pipeline, model.features)
     row = model.holdout[0]
-    gap = compiled.predict_proba([{**row, "income": None}])
-    filled = compiled.predict_proba([{**row, "income": v} for v in (1e3, 2e4, 6e4, 1e6)])
+    gap = compiled.output([{**row, "income": None}])
+    filled = compiled.output([{**row, "income": v} for v in (1e3, 2e4, 6e4, 1e6)])
     assert not any(np.array_equal(gap[0], f) for f in filled)
 
 
