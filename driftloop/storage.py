@@ -241,6 +241,11 @@ class Folder:
                 shutil.copyfileobj(stream, out, _CHUNK)
         self.fs.delete_file(source)
 
+    def delete(self, name: str) -> None:
+        """Remove one file; one already gone is fine (another writer removed it)."""
+        with suppress(FileNotFoundError):
+            self.fs.delete_file(self._path(name))
+
     def read_parquet(self, names: list[str]) -> list[pd.DataFrame]:
         return [pd.read_parquet(self._path(name), filesystem=self.fs) for name in names]
 

@@ -3,11 +3,11 @@
 from pathlib import Path
 
 import dagster as dg
-from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
 from driftloop.data import BatchStore
 from driftloop.registry import Registry, configure_tracking, ensure_experiment
 from driftloop.settings import Settings
+from pipelines.values import ValueStore
 
 TRIGGER_TAG = "driftloop/trigger"
 TRIGGER_REASON_TAG = "driftloop/trigger_reason"
@@ -43,14 +43,14 @@ class DriftloopResource(dg.ConfigurableResource):
 
 def build_resources(settings: Settings) -> dict[str, object]:
     """Embedded mode keeps asset values on local disk under the home; with an IO bucket
-    (scale-out) they go to S3, because run workers in other containers must read them."""
-    io_manager: dg.ConfigurableIOManagerFactory
-    if settings.io_bucket is None:
-        io_manager = dg.FilesystemIOManager(base_dir=str(settings.io_dir))
-    else:
-        io_manager = S3PickleIOManager(
-            s3_resource=S3Resource(endpoint_url=settings.s3_endpoint_url),
-            s3_bucket=settings.io_bucket,
-            s3_prefix=settings.io_prefix,
-        )
-    return {"driftloop": DriftloopResource(home=str(settings.home)), "io_manager": io_manager}
+    (scale-out) they go to S3, because run workers in other containers must read them.
+    Either way as JSON and Parquet, never pickles (`pipelines.values`)."""
+    location = (
+        str(settings.io_dir)
+        if settings.io_bucket is None
+        else f"s3://{settings.io_bucket}/{settings.io_prefix.strip('/')}"
+    )
+    return {
+        "driftloop": DriftloopResource(home=str(settings.home)),
+        "io_manager": ValueStore(location=location, s3_endpoint_url=settings.s3_endpoint_url),
+    }

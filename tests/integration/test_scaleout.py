@@ -121,10 +121,14 @@ def test_training_lands_in_postgres_and_s3(
     assert len(list(settings.batches.glob("*.parquet"))) == 2
 
     # Step output was captured to S3 (any webserver replica can show it), asset values went
-    # through the S3 IO manager rather than the home's local folder.
+    # to the bucket rather than the home's local folder, as JSON and Parquet (no pickles).
     assert s3_keys(stack.s3_endpoint, f"dagster/compute-logs/storage/{run_id}/")
     io_keys = s3_keys(stack.s3_endpoint, "dagster/io/")
-    assert {f"dagster/io/{name}" for name in ("training_dataset", "hpo_study")} <= set(io_keys)
+    assert {
+        f"dagster/io/{name}/value.json"
+        for name in ("training_dataset", "hpo_study", "candidate_model", "promotion_gate")
+    } <= set(io_keys)
+    assert {k.rsplit(".", 1)[-1] for k in io_keys if not k.endswith("/")} == {"json", "parquet"}
     assert not settings.io_dir.exists()
 
     # MLflow: a READY version with its digest and lineage, aliased, in the server's database.
