@@ -17,7 +17,15 @@ import numpy as np
 
 from assets.registry import ALIAS_POOL
 from driftloop.alerts import notify
-from driftloop.canary import Arm, CanaryDecision, CanaryPolicy, analyse, next_weight, one_hot
+from driftloop.canary import (
+    Arm,
+    CanaryDecision,
+    CanaryPolicy,
+    analyse,
+    capped_per_key,
+    next_weight,
+    one_hot,
+)
 from driftloop.metrics import Metric, metric_named
 from driftloop.monitoring import join_feedback, read_log, served_output, usable_rows
 from driftloop.registry import CHALLENGER, CHAMPION, AliasConflict, Registry
@@ -63,15 +71,22 @@ def arm_evidence(
     arm = predictions[(predictions["route"] == route) & (predictions["model_version"] == version)]
     p99 = float(np.percentile(arm["latency_ms"], 99)) if len(arm) else 0.0
     if not classes:
-        usable, values = usable_rows(joined, classes)
-        return Arm(joined["label"].astype(float)[usable].tolist(), values[usable]), True, p99
-    # A label outside the schema's classes cannot be scored (and ingest would refuse it).
-    joined = joined[joined["label"].astype(str).isin(classes)]
+        usable, _ = usable_rows(joined, classes)
+    else:  # a label outside the schema's classes cannot be scored (ingest would refuse it)
+        usable = joined["label"].astype(str).isin(classes).to_numpy()
+    joined = joined[usable]
+    keys = joined["key"].tolist() if "key" in joined else [None] * len(joined)
+    counted = capped_per_key(keys, settings.canary_max_key_share)
+    joined = joined[counted]
+    shape = {"keys": len({k for k in keys if isinstance(k, str)}), "capped": int((~counted).sum())}
+    if not classes:
+        values = served_output(joined, classes)
+        return Arm(joined["label"].astype(float).tolist(), values, **shape), True, p99
     probabilities = served_output(joined, classes)
     logged = bool(np.isfinite(probabilities).all())
     if not logged:  # files written before the log had probabilities
         probabilities = one_hot(joined["prediction"].astype(str).tolist(), classes)
-    return Arm(joined["label"].astype(str).tolist(), probabilities), logged, p99
+    return Arm(joined["label"].astype(str).tolist(), probabilities, **shape), logged, p99
 
 
 def evidence_numbers(
@@ -154,6 +169,11 @@ def canary_decision(
         "challenger_n": decision.challenger_n,
         "champion_n": decision.champion_n,
         "challenger_p99_ms": p99,
+        # Who supplied the evidence: distinct sticky keys, and outcomes over a key's share.
+        "challenger_keys": ours.keys,
+        "champion_keys": theirs.keys,
+        "challenger_capped": ours.capped,
+        "champion_capped": theirs.capped,
         **evidence_numbers(decision, ours, theirs, classes),
     }
     audit = {f"driftloop.canary.{k}": str(v) for k, v in numbers.items()}

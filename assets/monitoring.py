@@ -176,6 +176,7 @@ def live_model_quality(
     metadata: dict[str, object] = {
         "labelled": len(joined),
         "unmatched_labels": join.unmatched,
+        "repeated_labels_ignored": join.repeated,
         "metric": metric.name,
         **{f"labelled/{s}": int(n) for s, n in joined["label_source"].value_counts().items()},
     }

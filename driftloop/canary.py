@@ -68,6 +68,8 @@ class Arm:
 
     labels: Sequence
     outputs: np.ndarray
+    keys: int = 0  # distinct sticky routing keys among the outcomes
+    capped: int = 0  # outcomes left out: their key had supplied its share already
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -236,6 +238,25 @@ def _evidence(
         "ci_low": low,
         "ci_high": high,
     }
+
+
+def capped_per_key(keys: Sequence[str | None], share: float) -> np.ndarray:
+    """Which outcomes (in time order) count: each sticky routing key supplies at most
+    `share` of the arm's outcomes (counted before the cap, at least one), its earliest.
+
+    A sticky key chooses its arm, so without a cap one client could decide a canary with
+    its own outcomes (forged or not). Outcomes without a key were routed at random and
+    count each on its own.
+    """
+    limit = max(1, int(share * len(keys)))
+    seen: dict[str, int] = {}
+    keep = np.ones(len(keys), dtype=bool)
+    for i, key in enumerate(keys):
+        if key is None or (isinstance(key, float) and np.isnan(key)):
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        keep[i] = seen[key] <= limit
+    return keep
 
 
 def next_weight(current: float, steps: tuple[float, ...]) -> float:

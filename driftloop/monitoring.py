@@ -225,10 +225,12 @@ def _id_strings(column: pd.Series) -> pd.Series:
 @dataclass(frozen=True)
 class LabelJoin:
     """Predictions with their ground truth (`label`, and `label_source`: which source it
-    came from), in prediction time order, and how many labels matched no prediction."""
+    came from), in prediction time order, how many labels matched no prediction, and how
+    many were a later label for an already labelled prediction (ignored)."""
 
     rows: pd.DataFrame
     unmatched: int
+    repeated: int = 0
 
 
 def join_labels(predictions: pd.DataFrame, sources: Mapping[str, pd.DataFrame]) -> LabelJoin:
@@ -248,7 +250,7 @@ def join_labels(predictions: pd.DataFrame, sources: Mapping[str, pd.DataFrame]) 
         empty = predictions.iloc[0:0].assign(
             label=pd.Series(dtype=str), label_source=pd.Series(dtype=str)
         )
-        return LabelJoin(empty, len(_identities(labels)))
+        return LabelJoin(empty, len(_identities(labels)), 0)
     served = _with(predictions, ("request_id", "id")).reset_index(drop=True)
     served = served.assign(_row=np.arange(len(served)), _at=_utc(served["at"]))
     labels = labels.assign(_at=_utc(labels["at"]))
@@ -270,10 +272,13 @@ def join_labels(predictions: pd.DataFrame, sources: Mapping[str, pd.DataFrame]) 
     matches = pd.concat([by_request, by_id], ignore_index=True)
     unmatched = len(_identities(labels)) - len(_identities(matches))
     first = matches.sort_values(["_rank", "_at"], kind="stable").drop_duplicates("_row")
+    # A second label for a prediction from the same source is counted, never applied: the
+    # first one stands, so a flood of later (possibly forged) labels cannot rewrite history.
+    repeated = len(matches) - len(matches.drop_duplicates(["_row", "_rank"]))
     first = first.assign(_row=first["_row"].astype(int))[["_row", "label", "source"]]
     joined = served.merge(first.rename(columns={"source": "label_source"}), on="_row")
     joined = joined.sort_values("_at", kind="stable").drop(columns=["_row", "_at"])
-    return LabelJoin(joined.reset_index(drop=True), unmatched)
+    return LabelJoin(joined.reset_index(drop=True), unmatched, repeated)
 
 
 def join_feedback(predictions: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:

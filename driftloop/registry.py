@@ -468,12 +468,12 @@ class Registry:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def download(self, version: str, destination: Path) -> Path:
-        uri = f"models:/{self.name}/{version}"
+        """The version's artifacts, located through this registry's own client: a
+        `models:/` URI is resolved through MLflow's process-wide registry URI, which in a
+        process holding several homes (tests, tools) is another home's registry."""
+        location = self.client.get_model_version_download_uri(self.name, version)
         local = mlflow.artifacts.download_artifacts(
-            uri,
-            dst_path=str(destination),
-            tracking_uri=self.tracking_uri,
-            registry_uri=self.tracking_uri,
+            artifact_uri=location, dst_path=str(destination), tracking_uri=self.tracking_uri
         )
         return Path(local)
 

@@ -239,6 +239,13 @@ class Settings(BaseSettings):
         "the metric's default (0.02; 0.1 for rmse and mae, whose per-request losses are noisy).",
     )
     canary_confidence: float = Field(default=0.95, gt=0, lt=1)
+    canary_max_key_share: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="Most of an arm's canary outcomes one sticky routing key may supply; "
+        "its later ones are left out of the evidence (counted).",
+    )
     canary_max_p99_ms: float = Field(
         default=250.0, gt=0, description="Challenger p99 latency that rolls it back."
     )

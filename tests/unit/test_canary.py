@@ -6,7 +6,16 @@ import pandas as pd
 import pytest
 
 from assets.canary import arm_evidence, evidence_metric, evidence_numbers
-from driftloop.canary import Arm, CanaryPolicy, analyse, bootstrap, next_weight, one_hot, welch
+from driftloop.canary import (
+    Arm,
+    CanaryPolicy,
+    analyse,
+    bootstrap,
+    capped_per_key,
+    next_weight,
+    one_hot,
+    welch,
+)
 from driftloop.metrics import metric_named
 from driftloop.settings import Settings, load_settings
 
@@ -169,3 +178,15 @@ def test_live_evidence_uses_logged_probabilities_else_decisions(
     waiting = analyse(arm, arm, POLICY, ROC_AUC, classes)
     numbers = evidence_numbers(waiting, arm, arm, classes)  # accuracy beside any metric
     assert numbers == {"challenger_accuracy": pytest.approx(2 / 3), "champion_accuracy": 2 / 3}
+
+
+def test_one_sticky_key_cannot_supply_more_than_its_share_of_an_arm() -> None:
+    """200 outcomes from one client's key beside 100 from 100 others and 20 unkeyed: at a
+    10 % share the flooding key counts 32 (10 % of 320, its earliest), everyone else in
+    full."""
+    keys = ["attacker"] * 200 + [f"user-{i}" for i in range(100)] + [None] * 20
+    kept = capped_per_key(keys, share=0.1)
+    assert kept[:32].tolist() == [True] * 32 and not kept[32:200].any()
+    assert kept[200:].all()  # each other key once, and unkeyed outcomes count alone
+    # the flood cannot decide the canary: a wrong-labelled flood is cut to its share
+    assert capped_per_key(["k"] * 5, share=0.1).tolist() == [True, False, False, False, False]

@@ -143,6 +143,7 @@ def test_feedback_joins_by_request_id_or_by_the_id_served_most_recently_before_i
     assert labels == {"r1": "1", "r2": "0", "r3": "1", "r4": "0"}
     assert list(result.rows["label_source"]) == ["feedback"] * 4
     assert result.unmatched == 2  # loan-8 (too early) and never-served; r2's second matched
+    assert result.repeated == 1  # r2's second label: counted, not applied
     # No traffic in the window (read_log gives a frame without columns): all unmatched.
     nothing = join_labels(pd.DataFrame(), {"feedback": feedback, "batches": pd.DataFrame()})
     assert nothing.rows.empty and nothing.unmatched == len(feedback)
