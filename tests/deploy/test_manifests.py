@@ -42,6 +42,8 @@ SERVE_CONFIG = yaml.safe_load((ROOT / "serving" / "serve_config.yaml").read_text
 # Services that run once and exit, so they have nothing to health-check.
 ONE_SHOT = {"minio-init"}
 COMPOSE_DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")  # ${NAME:-default}
+COMPOSE_REQUIRED = re.compile(r"\$\{(\w+):\?([^}]*)\}")  # ${NAME:?message}: no default
+NETWORK_POLICIES = list(yaml.safe_load_all((DEPLOY / "k8s" / "networkpolicies.yaml").read_text()))
 
 
 def env_refs(node: Any) -> set[str]:
@@ -56,10 +58,14 @@ def env_refs(node: Any) -> set[str]:
 
 
 def compose_env(service: str) -> dict[str, str]:
-    """A service's environment as compose would set it with no deploy/.env (the defaults)."""
+    """A service's environment as compose would set it with the required secrets given
+    (as `<NAME>`) and everything else at its default."""
     environment = COMPOSE["services"][service].get("environment", {})
     assert isinstance(environment, dict), f"{service}: use the mapping form of environment"
-    return {key: COMPOSE_DEFAULT.sub(r"\2", str(value)) for key, value in environment.items()}
+    return {
+        key: COMPOSE_REQUIRED.sub(r"<\1>", COMPOSE_DEFAULT.sub(r"\2", str(value)))
+        for key, value in environment.items()
+    }
 
 
 def test_every_deploy_file_parses() -> None:
@@ -67,7 +73,10 @@ def test_every_deploy_file_parses() -> None:
     assert len(files) >= 10
     for path in files:
         text = path.read_text()
-        assert (json.loads if path.suffix == ".json" else yaml.safe_load)(text) is not None, path
+        if path.suffix == ".json":
+            assert json.loads(text), path
+        else:  # a manifest may hold several documents
+            assert all(doc is not None for doc in yaml.safe_load_all(text)), path
 
 
 # --- deploy/dagster.yaml -------------------------------------------------------------------
@@ -168,6 +177,105 @@ def test_compose_images_are_pinned_and_ports_local() -> None:
             source = mount.split(":")[0]
             if source.startswith("./"):
                 assert (DEPLOY / source).exists(), f"{name} mounts missing {source}"
+
+
+def test_compose_has_no_default_secret() -> None:
+    """Every password, secret key and token must be set (`${X:?...}`): compose refuses to
+    start without it, instead of running on a development value."""
+    text = (DEPLOY / "docker-compose.yaml").read_text()
+    secret = re.compile(r"PASSWORD|SECRET|TOKEN|API_KEY|ROUTING_KEY")
+    defaulted = [name for name, _ in COMPOSE_DEFAULT.findall(text) if secret.search(name)]
+    # optional secrets: unset means the feature is off (admin API, alerts)
+    optional = {"DRIFTLOOP_ADMIN_API_KEY", "DRIFTLOOP_PAGERDUTY_ROUTING_KEY"}
+    assert set(defaulted) <= optional, defaulted
+    required = {name for name, _ in COMPOSE_REQUIRED.findall(text)}
+    assert {
+        "POSTGRES_PASSWORD",
+        "S3_ROOT_PASSWORD",
+        "DAGSTER_S3_SECRET_KEY",
+        "SERVING_S3_SECRET_KEY",
+        "MLFLOW_S3_SECRET_KEY",
+        "RAY_AUTH_TOKEN",
+        "GRAFANA_ADMIN_PASSWORD",
+    } <= required
+    example = (DEPLOY / "env.example").read_text()
+    assert all(f"{name}=" in example for name in required), "deploy/env.example lists them"
+
+
+def test_compose_gives_each_service_its_own_s3_user() -> None:
+    """Only MinIO and its init hold the root credentials; each service's key is the user
+    whose policy deploy/minio/ holds, and init.sh creates each of those users."""
+    users = {
+        service: compose_env(service).get("AWS_ACCESS_KEY_ID")
+        for service in ("user-code", "webserver", "daemon", "mlflow", "ray-head", "ray-worker")
+    }
+    assert users == {
+        "user-code": "dagster",
+        "webserver": "dagster",
+        "daemon": "dagster",
+        "mlflow": "mlflow",
+        "ray-head": "serving",
+        "ray-worker": "serving",
+    }
+    policies = {p.stem for p in (DEPLOY / "minio").glob("*.json")}
+    assert set(users.values()) == policies
+    init = (DEPLOY / "minio" / "init.sh").read_text()
+    assert set(re.search(r"for user in (.+); do", init).group(1).split()) == policies
+    for name in COMPOSE["services"]:
+        if name not in ("minio", "minio-init"):
+            env = compose_env(name)
+            assert "S3_ROOT_PASSWORD" not in env and "MINIO_ROOT_PASSWORD" not in env, name
+    serving = compose_env("ray-head")
+    assert serving["RAY_AUTH_MODE"] == "token" and serving["RAY_AUTH_TOKEN"] == "<RAY_AUTH_TOKEN>"
+    assert "--dashboard-host=127.0.0.1" in " ".join(COMPOSE["services"]["ray-head"]["command"])
+
+
+def test_serving_log_is_where_the_serving_policy_lets_it_write() -> None:
+    log = compose_env("ray-head")["DRIFTLOOP_PREDICTION_LOG_DIR"].removeprefix("s3://")
+    policy = json.loads((DEPLOY / "minio" / "serving.json").read_text())
+    writable = {
+        resource.removeprefix("arn:aws:s3:::")
+        for statement in policy["Statement"]
+        if "s3:PutObject" in statement["Action"]
+        for resource in statement["Resource"]
+    }
+    assert writable == {f"{log}/*"}
+
+
+def test_network_policies_deny_by_default_and_guard_rays_control_plane() -> None:
+    by_name = {p["metadata"]["name"]: p["spec"] for p in NETWORK_POLICIES}
+    for policy in NETWORK_POLICIES:
+        assert policy["apiVersion"] == "networking.k8s.io/v1" and policy["kind"] == "NetworkPolicy"
+    assert by_name["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    # the dashboard (Jobs API) is reachable only from Ray's pods and the operator's namespace
+    dashboard_sources = [
+        rule["from"]
+        for spec in by_name.values()
+        for rule in spec.get("ingress", [])
+        if any(p["port"] in (8265, 52365) for p in rule.get("ports", []))
+        or (
+            "ports" not in rule
+            and spec["podSelector"].get("matchLabels", {}).get("ray.io/is-ray-node")
+        )
+    ]
+    assert dashboard_sources == [
+        [{"podSelector": {"matchLabels": {"ray.io/is-ray-node": "yes"}}}],
+        [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kuberay-operator"}
+                }
+            }
+        ],
+    ]
+    assert RAYSERVICE["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "token"}
+    groups = [
+        RAYSERVICE["spec"]["rayClusterConfig"]["headGroupSpec"],
+        *RAYSERVICE["spec"]["rayClusterConfig"]["workerGroupSpecs"],
+    ]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            assert container["envFrom"] == [{"secretRef": {"name": "driftloop-serving-env"}}]
 
 
 def test_compose_serving_logs_where_dagster_reads_and_gauges_reach_prometheus() -> None:
