@@ -4,17 +4,22 @@ Both move aliases, as does `canary_decision`: they share the Dagster pool `ALIAS
 (limit 1 in the instance's `dagster.yaml`), beside the registry's own lock.
 """
 
+from typing import Any
+
 import dagster as dg
 
 from assets.training import trigger_of
 from driftloop.candidate import Candidate, register_candidate
 from driftloop.data import TrainingSet
 from driftloop.hpo import SearchResult
-from driftloop.metrics import metric_named
+from driftloop.metrics import Metric, metric_named
 from driftloop.modelcard import holdout_slices, render_card
-from driftloop.promotion import GateDecision, apply, decide, floor_of
+from driftloop.promotion import GateDecision, apply, decide, floor_of, with_review
 from driftloop.registry import CHAMPION
-from driftloop.training import TRUSTED_TYPES, evaluate
+from driftloop.review import Review, review, slice_columns
+from driftloop.settings import Settings
+from driftloop.training import TRUSTED_TYPES, classes_of, evaluate, model_output
+from driftloop.versioning import TAG_SEMVER
 from pipelines.resources import DriftloopResource
 
 GROUP = "registry"
@@ -64,9 +69,12 @@ def promotion_gate(
 ) -> dg.Output[GateDecision]:
     """Candidate and champion scored on the same holdout and on the newest batch's
     holdout rows by every metric; when the primary metric (the schema's) gains the margin,
-    in its own direction, promotes (policy `auto`), recommends (policy `manual`: it stays
-    `@candidate`) or hands it to the canary (`@challenger`, or queued while another
-    version's canary runs); a failing version leaves `@candidate`."""
+    in its own direction, and it is not worse than the champion on any slice of the
+    holdout by more than `slice_margin`, promotes (policy `auto`), recommends (policy
+    `manual`: it stays `@candidate`, flagged when a slice is worse) or hands it to the
+    canary (`@challenger`, or queued while another version's canary runs); a failing
+    version leaves `@candidate`, and one that changes the request contract (MAJOR) waits
+    for `driftloop promote`."""
     settings = driftloop.settings()
     registry = driftloop.registry()
     metric = metric_named(training_dataset.schema.metric)
@@ -86,9 +94,11 @@ def promotion_gate(
 
     challenger_model, challenger_scores = scores(challenger_version)
     reigning = champion is not None and champion.version == challenger_version
-    champion_scores = None
+    champion_model, champion_scores = None, None
     if champion is not None:
-        champion_scores = challenger_scores if reigning else scores(champion.version)[1]
+        champion_model, champion_scores = (
+            (challenger_model, challenger_scores) if reigning else scores(champion.version)
+        )
     decision = decide(
         challenger_version,
         challenger_scores,
@@ -97,7 +107,14 @@ def promotion_gate(
         settings.promotion_margin,
         floor_of(metric, settings.promotion_floor),
     )
+    judged = None
     if not reigning:  # a reigning champion keeps the card and decision it was promoted with
+        if champion_model is not None and len(holdout[0]):
+            judged = slice_review(
+                training_dataset, challenger_model, champion_model, settings, metric
+            )
+            decision = with_review(decision, judged, settings.promotion_policy)
+            registry.set_tags(challenger_version, judged.as_tags())
         decision = apply(decision, registry, settings.promotion_policy)
         card = render_card(
             training_dataset,
@@ -105,6 +122,8 @@ def promotion_gate(
             challenger_scores[0],
             holdout_slices(challenger_model, training_dataset),
             decision,
+            semver=registry.version(challenger_version).tags.get(TAG_SEMVER),
+            review=None if judged is None else judged.markdown(),
         )
         registry.set_description(challenger_version, card)
     context.log.info(decision.summary())
@@ -125,5 +144,33 @@ def promotion_gate(
             if decision.champion_score is not None
             else float("nan"),
             "policy": settings.promotion_policy,
+            "flagged": decision.flagged,
+            **(
+                {}
+                if judged is None
+                else {
+                    "worse_slices": len(judged.worse),
+                    "slices": dg.MetadataValue.md(judged.markdown()),
+                }
+            ),
         },
+    )
+
+
+def slice_review(
+    training: TrainingSet, challenger: Any, champion: Any, settings: Settings, metric: Metric
+) -> Review:
+    """Challenger and champion per slice of the holdout, and the challenger's disparities
+    across the sensitive columns."""
+    x, y = training.xy(training.holdout)
+    return review(
+        x,
+        y,
+        (model_output(challenger, x), model_output(champion, x)),
+        classes_of(challenger),
+        metric,
+        slice_columns(training.schema, x, settings.slice_columns),
+        settings.sensitive_columns,
+        settings.slice_min_rows,
+        settings.slice_margin,
     )

@@ -40,6 +40,7 @@ from driftloop.training import (
     make_model,
     model_output,
 )
+from driftloop.versioning import TAG_CONTRACT, TAG_SEMVER, contract_of, next_semver
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def register_candidate(
     trigger: str,
 ) -> Candidate:
     """Refit on all training rows, log, register as `@candidate` (serving never reads it;
-    only the gate moves it on); reuse an identical version, which keeps its aliases."""
+    only the gate moves it on) with its semantic version bumped from the newest version's;
+    reuse an identical version, which keeps its aliases and version."""
     existing = registry.find_by_lineage(search.study_name)
     if existing is not None:
         model = registry.load_verified(existing.version, TRUSTED_TYPES)
@@ -125,7 +127,13 @@ def register_candidate(
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
         sha256 = directory_sha256(Path(local))
     tags = lineage_tags(training, search, trigger, sha256, holdout)
-    card = render_card(training, search, holdout, holdout_slices(model, training))
+    newest = registry.newest()
+    tags[TAG_SEMVER] = next_semver(
+        None if newest is None else newest.tags, tags[TAG_CONTRACT], training.data_hash
+    )
+    card = render_card(
+        training, search, holdout, holdout_slices(model, training), semver=tags[TAG_SEMVER]
+    )
     version = registry.register(info.model_id, search.parent_run_id, tags, card)
     registry.set_alias(CANDIDATE, version.version)
     return Candidate(version, True, holdout, search.parent_run_id)
@@ -154,5 +162,6 @@ def lineage_tags(
         **{f"driftloop.holdout_{name}": f"{value:.6f}" for name, value in holdout.scores.items()},
         "driftloop.target": training.schema.target,
         "driftloop.task": training.schema.task,
+        TAG_CONTRACT: contract_of(training.schema),
         "driftloop.features": json.dumps(training.schema.feature_names),
     }

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from driftloop.settings import Settings, load_settings
+from driftloop.settings import Settings, load_settings, redacted
 
 if TYPE_CHECKING:
     from driftloop.registry import Registry
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = _one_line(error)
         if settings is not None and _UNREACHABLE.search(str(error)):
-            message = f"cannot reach the MLflow store at {settings.mlflow_tracking_uri}"
+            message = f"cannot reach the MLflow store at {redacted(settings.mlflow_tracking_uri)}"
         print(f"driftloop: {message}", file=sys.stderr)
         return 2
 
@@ -202,8 +202,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         if info is None:
             print(f"@{alias:<10} -")
         else:
+            semver = f" ({info['semver']})" if info["semver"] else ""
             print(
-                f"@{alias:<10} v{info['version']}  "
+                f"@{alias:<10} v{info['version']}{semver}  "
                 f"holdout {info['metric']} {info['holdout_score']}  "
                 f"sha256 {(info['sha256'] or '')[:12]}  run {info['run_id']}"
             )
@@ -211,9 +212,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     if dataset["task"] is None:
         print(f"dataset: none accepted yet (target column {dataset['target']!r})")
     else:
+        values = "a number" if dataset["task"] == "regression" else f"labels {dataset['labels']}"
         print(
             f"dataset: {dataset['task']} target {dataset['target']!r} "
-            f"(labels {dataset['labels']}), metric {dataset['metric']}"
+            f"({values}), metric {dataset['metric']}"
         )
         print(f"  features ({len(dataset['features'])}): {', '.join(dataset['features'])}")
         print(f"  id columns: {', '.join(dataset['id_columns']) or '-'}")
@@ -239,6 +241,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
             if info is None
             else {
                 "version": info.version,
+                "semver": info.tags.get("driftloop.semver"),
                 "run_id": info.run_id,
                 "sha256": info.sha256,
                 # Versions registered before the metric was chosen carry accuracy only.
@@ -370,8 +373,10 @@ settings (environment variables; `driftloop status` shows the data's schema):
   DRIFTLOOP_HOME               all state: stores, landing zone, logs (./.driftloop)
   DRIFTLOOP_LANDING_DIR        where your CSV/Parquet files land (<home>/landing, or s3://)
   DRIFTLOOP_TARGET_COLUMN      the label column of your files (label)
+  DRIFTLOOP_TASK               auto (a numeric target with > 20 values is a regression),
+                               classification, binary, multiclass, regression
   DRIFTLOOP_METRIC             primary metric: accuracy, balanced_accuracy, roc_auc, pr_auc,
-                               f1, log_loss (default chosen from the first file's labels)
+                               f1, log_loss; rmse, mae, r2 (default from the first file)
   DRIFTLOOP_ID_COLUMNS         business id columns: never features, echoed by serving
   DRIFTLOOP_TIMESTAMP_COLUMN   the column that orders rows; never a feature
   DRIFTLOOP_IGNORE_COLUMNS     other columns that are not features
@@ -512,7 +517,9 @@ def _print_settings(settings: Settings) -> None:
 
 def _print_urls(settings: Settings, wanted: dict[str, Service], serve_waiting: bool) -> None:
     """The one table a user needs: where each server answers, where data goes."""
-    rows = [("MLflow", wanted["mlflow"].url if "mlflow" in wanted else settings.tracking_uri)]
+    rows = [
+        ("MLflow", wanted["mlflow"].url if "mlflow" in wanted else redacted(settings.tracking_uri))
+    ]
     rows.append(("Dagster", wanted["dagster"].url))
     if "serve" in wanted:
         if serve_waiting:

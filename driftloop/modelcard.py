@@ -35,6 +35,8 @@ def render_card(
     holdout: Evaluation,
     slices: tuple[str, dict[str, dict[str, float]]] | None,
     decision: GateDecision | None = None,
+    semver: str | None = None,
+    review: str | None = None,
 ) -> str:
     primary = metric_named(holdout.metric)
     schema = training.schema
@@ -44,6 +46,7 @@ def render_card(
     ]
     headline = "not defined on the holdout" if holdout.value is None else f"{holdout.value:.4f}"
     lines = [
+        *([f"**version {semver}**", ""] if semver else []),
         "## Data",
         f"- version `{training.version}` (sha256 `{training.data_hash}`)",
         f"- {len(training.train)} training rows, {len(training.holdout)} holdout rows, "
@@ -77,6 +80,8 @@ def render_card(
         ]
         if any(primary.name not in row for row in scores.values()):
             lines.append(f"\nn/a: {primary.name} is not defined on a slice of one class")
+    if review:
+        lines += ["", "## Slices and fairness (challenger vs champion)", review]
     lines += ["", "## Promotion", decision.summary() if decision else "pending the gate"]
     return "\n".join(lines)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 from driftloop.metrics import Metric, metric_named
 from driftloop.registry import (
@@ -15,6 +15,10 @@ from driftloop.registry import (
     Registry,
 )
 from driftloop.training import Evaluation
+from driftloop.versioning import TAG_SEMVER, breaks_contract
+
+if TYPE_CHECKING:
+    from driftloop.review import Review
 
 Policy = Literal["auto", "manual", "canary"]
 
@@ -39,6 +43,7 @@ class GateDecision:
     floor: float | None
     applied: bool = False
     action: str = "no change"
+    flagged: bool = False  # passed overall but worse on a slice: a person should look
 
     def summary(self) -> str:
         verdict = "promote" if self.promote else "keep the champion"
@@ -158,6 +163,18 @@ def decide(
     )
 
 
+def with_review(decision: GateDecision, review: Review | None, policy: Policy) -> GateDecision:
+    """A challenger that passed overall but is worse than the champion on some slice is
+    refused under the `auto` and `canary` policies, and flagged for the person who
+    promotes under `manual`; the slices are named in the reason either way."""
+    if review is None or not review.worse or not decision.promote:
+        return decision
+    reason = f"{decision.reason}; but worse on {review.reason()}"
+    if policy == "manual":
+        return replace(decision, reason=reason, flagged=True)
+    return replace(decision, promote=False, reason=reason)
+
+
 def apply(decision: GateDecision, registry: Registry, policy: Policy) -> GateDecision:
     """Act on the decision as the policy says; always record it on the version.
 
@@ -167,12 +184,29 @@ def apply(decision: GateDecision, registry: Registry, policy: Policy) -> GateDec
     `@challenger` (the first model has nothing to be compared with live, so it is
     promoted). A retrain that passes while another version's canary runs never touches
     `@challenger`: it stays `@candidate`, queued, and takes `@challenger` when that canary
-    ends (the newest queued version wins). A failing version leaves `@candidate`.
+    ends (the newest queued version wins). A failing version leaves `@candidate`. A
+    version whose request contract differs from the champion's (a MAJOR semantic version)
+    is never moved automatically: it stays `@candidate` for `driftloop promote`.
     """
     version = decision.challenger_version
     applied, action = False, "no change"
     first_model = decision.champion_version is None
-    if decision.promote and (policy == "auto" or (policy == "canary" and first_model)):
+    contract_changed = (
+        decision.promote
+        and not first_model
+        and policy != "manual"
+        and breaks_contract(
+            registry.version(version).tags,
+            registry.version(decision.champion_version).tags,  # type: ignore[arg-type]
+        )
+    )
+    if contract_changed:
+        semver = registry.version(version).tags.get(TAG_SEMVER, "a new major version")
+        action = (
+            f"held as @candidate: {semver} changes the request contract; clients must be "
+            f"ready before `driftloop promote {version}`"
+        )
+    elif decision.promote and (policy == "auto" or (policy == "canary" and first_model)):
         try:
             registry.promote(version, expected_champion=decision.champion_version)
             applied, action = True, "applied"
@@ -189,6 +223,8 @@ def apply(decision: GateDecision, registry: Registry, policy: Policy) -> GateDec
             action = f"{QUEUED_ACTION} of v{holder}"
     elif decision.promote:
         action = f"recommended: run `driftloop promote {version}`"
+        if decision.flagged:
+            action += " after reviewing the slices named in the reason"
     else:
         registry.delete_alias(CANDIDATE, expected=version)
         action = "withdrawn from @candidate"

@@ -194,6 +194,13 @@ class Registry:
         )
         return VersionInfo.of(found[0]) if found else None
 
+    def newest(self) -> VersionInfo | None:
+        """The most recently registered version, whatever its aliases."""
+        found = self.client.search_model_versions(
+            f"name = '{self.name}'", max_results=1, order_by=["version_number DESC"]
+        )
+        return VersionInfo.of(found[0]) if found else None
+
     def register(
         self, model_id: str, run_id: str, tags: dict[str, str], description: str
     ) -> VersionInfo:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -122,6 +122,26 @@ class Settings(BaseSettings):
         description="Holdout bar, in the primary metric's units, the first champion must pass; "
         "unset: the metric's default (0.6 for accuracy, balanced_accuracy, roc_auc; none for "
         "pr_auc, f1, log_loss, rmse, mae; 0 for r2); a ceiling for log_loss, rmse and mae.",
+    )
+
+    slice_columns: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Features whose levels the gate compares one by one (comma-separated); "
+        "unset: the categorical features with at most 10 levels.",
+    )
+    sensitive_columns: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Features the gate reports fairness disparities for (comma-separated).",
+    )
+    slice_min_rows: int = Field(
+        default=30, ge=1, description="Holdout rows a slice needs before the gate judges it."
+    )
+    slice_margin: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="How much worse than the champion a challenger may be on one slice, in "
+        "the primary metric's units (a fraction of the champion's for rmse and mae).",
     )
 
     schedule_cron: str = "0 2 * * *"
@@ -250,7 +270,9 @@ class Settings(BaseSettings):
         default=250.0, gt=0, description="Challenger p99 latency that rolls it back."
     )
 
-    @field_validator("id_columns", "ignore_columns", mode="before")
+    @field_validator(
+        "id_columns", "ignore_columns", "slice_columns", "sensitive_columns", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
@@ -379,6 +401,16 @@ def _is_http_url(url: str) -> bool:
     except ValueError:  # that, or an unbalanced "[" in the host
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def redacted(url: str) -> str:
+    """A store URL fit to print: a password in it (`postgresql://user:secret@host/db`) is
+    replaced by `***`; anything else is left as it is."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def load_settings() -> Settings:

@@ -284,7 +284,7 @@ def slice_scores(
     (mean absolute error for regression) beside it."""
     output, classes = model_output(model, x), classes_of(model)
     second = "accuracy" if classes else "mae"
-    levels = x[feature].map(_level)
+    levels = x[feature].map(level_name)
     out = {}
     for level in sorted(levels.unique()):
         rows = (levels == level).to_numpy()
@@ -294,7 +294,7 @@ def slice_scores(
     return out
 
 
-def _level(value: Any) -> str:
+def level_name(value: Any) -> str:
     """A category as the card shows it: integer codes stored as floats read 3, not 3.0."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "(missing)"

@@ -7,7 +7,7 @@ import pytest
 
 from driftloop.cli import UserError, _one_line, main
 from driftloop.schema import DatasetSchema, ExcludedColumn, FeatureSpec
-from driftloop.settings import Settings
+from driftloop.settings import Settings, redacted
 
 
 def error_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -134,3 +134,19 @@ def test_a_ray_actor_error_says_its_cause() -> None:
         "http_frontend: cannot bind socket (Cannot assign requested address) for "
         "[10.255.255.1:18001]"
     )
+
+
+def test_a_store_password_never_reaches_the_terminal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys
+) -> None:
+    """An unreachable MLflow server named in the error, its password masked."""
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path))
+    monkeypatch.setenv("DRIFTLOOP_TRACKING_URI", "http://ops:hunter2-secret@127.0.0.1:9/")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "hunter2" not in err and "ops:***@127.0.0.1:9" in err
+    assert (
+        redacted("postgresql+psycopg2://u:p@db:5432/x") == "postgresql+psycopg2://u:***@db:5432/x"
+    )
+    assert redacted("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
