@@ -37,6 +37,7 @@ from pipelines.resources import DriftloopResource
 GROUP = "canary"
 TAG_WEIGHT = "driftloop.canary.weight"
 TAG_STEP_STARTED = "driftloop.canary.step_started_at"
+TAG_CANARY_STARTED = "driftloop.canary.started_at"
 TAG_VERDICT = "driftloop.canary.verdict"
 
 
@@ -48,6 +49,7 @@ def policy_of(settings: Settings) -> CanaryPolicy:
         margin=settings.canary_margin,
         confidence=settings.canary_confidence,
         max_p99_ms=settings.canary_max_p99_ms,
+        mode=settings.canary_mode,
     )
 
 
@@ -143,7 +145,14 @@ def canary_decision(
             context, registry, admin, challenger.version, policy.steps[0], "start", "canary started"
         )
 
-    started = float(challenger.tags[TAG_STEP_STARTED])
+    # The sequential test's interval holds however much evidence accumulates, so it judges
+    # everything since the canary started (a step only limits exposure); Welch's is only
+    # valid for one step's sample.
+    started = float(
+        challenger.tags.get(TAG_CANARY_STARTED, challenger.tags[TAG_STEP_STARTED])
+        if policy.mode == "sequential"
+        else challenger.tags[TAG_STEP_STARTED]
+    )
     schema = load_schema(settings.schema_path)
     if schema is None:
         raise dg.Failure(f"no schema at {settings.schema_path}: nothing was ever ingested")
@@ -196,7 +205,8 @@ def canary_decision(
         return dg.MaterializeResult(
             metadata={"verdict": "rollback", "reason": decision.reason, **numbers}
         )
-    following = next_weight(weight, policy.steps)
+    # A clear winner under the sequential test skips the remaining steps.
+    following = 1.0 if decision.verdict == "promote" else next_weight(weight, policy.steps)
     registry.set_tags(challenger.version, audit)
     if following < 1.0:
         return _move(
@@ -231,7 +241,9 @@ def _move(
 ) -> dg.MaterializeResult:
     """Send `weight` of traffic to the challenger and start a new evidence window."""
     admin.set_routing(canary_weight=weight)
-    registry.set_tags(version, {TAG_WEIGHT: weight, TAG_STEP_STARTED: time.time()})
+    now = time.time()
+    started = {TAG_CANARY_STARTED: now} if verdict == "start" else {}
+    registry.set_tags(version, {TAG_WEIGHT: weight, TAG_STEP_STARTED: now, **started})
     context.log.info(f"v{version}: {verdict} to {weight:.0%} of traffic ({reason})")
     return dg.MaterializeResult(
         metadata={

@@ -249,7 +249,12 @@ class Settings(BaseSettings):
     )
     canary_steps: tuple[float, ...] = (0.05, 0.25, 0.5, 1.0)
     canary_min_samples: int = Field(default=100, ge=2, description="Outcomes per arm to judge.")
-    canary_max_samples: int = Field(default=5_000, ge=2)
+    canary_max_samples: int = Field(
+        default=10_000,
+        ge=2,
+        description="Outcomes per arm after which a canary still inconclusive is rolled back "
+        "(since the canary started for the sequential test; per step for welch).",
+    )
     canary_margin: float | None = Field(
         default=None,
         ge=0,
@@ -259,6 +264,11 @@ class Settings(BaseSettings):
         "the metric's default (0.02; 0.1 for rmse and mae, whose per-request losses are noisy).",
     )
     canary_confidence: float = Field(default=0.95, gt=0, lt=1)
+    canary_mode: Literal["sequential", "welch"] = Field(
+        default="sequential",
+        description="How the canary judges: a confidence sequence valid at every check "
+        "(early promotion of a clear winner), or Welch's fixed-horizon test at each check.",
+    )
     canary_max_key_share: float = Field(
         default=0.1,
         gt=0,

@@ -14,12 +14,15 @@ from driftloop.canary import (
     capped_per_key,
     next_weight,
     one_hot,
+    sequential,
     welch,
 )
 from driftloop.metrics import metric_named
 from driftloop.settings import Settings, load_settings
 
-POLICY = CanaryPolicy(min_samples=100, max_samples=3000, margin=0.02, confidence=0.95)
+# The classic fixed-horizon test; the sequential one (the default) has tests of its own.
+POLICY = CanaryPolicy(min_samples=100, max_samples=3000, margin=0.02, confidence=0.95, mode="welch")
+SEQUENTIAL = CanaryPolicy(min_samples=100, max_samples=5000, margin=0.02)
 # Fewer resamples than the default keep the unit tests quick; the verdicts below are far
 # from the interval's edges.
 BOOTSTRAP = CanaryPolicy(min_samples=100, max_samples=3000, margin=0.02, bootstrap_resamples=200)
@@ -190,3 +193,41 @@ def test_one_sticky_key_cannot_supply_more_than_its_share_of_an_arm() -> None:
     assert kept[200:].all()  # each other key once, and unkeyed outcomes count alone
     # the flood cannot decide the canary: a wrong-labelled flood is cut to its share
     assert capped_per_key(["k"] * 5, share=0.1).tolist() == [True, False, False, False, False]
+
+
+def test_the_sequential_interval_is_wider_than_welchs_and_covers_under_peeking() -> None:
+    """Read after every 50 outcomes up to 3,000 per arm on equal arms: Welch's interval
+    excludes the true difference (0) at some look in far more than 5 % of 400 runs; the
+    confidence sequence stays within its 5 %."""
+    rng = np.random.default_rng(7)
+    looks = range(100, 3001, 50)
+    welch_miss = sequential_miss = 0
+    for _ in range(400):
+        a, b = (rng.random(3000) < 0.9).astype(float), (rng.random(3000) < 0.9).astype(float)
+        welch_miss += any(
+            not (lo <= 0 <= hi) for lo, hi in (welch(a[:n], b[:n], 0.95)[1:3] for n in looks)
+        )
+        sequential_miss += any(
+            not (lo <= 0 <= hi)
+            for lo, hi in (sequential(a[:n], b[:n], 0.95, 1000)[1:] for n in looks)
+        )
+    assert welch_miss / 400 > 0.15 and sequential_miss / 400 <= 0.05, (welch_miss, sequential_miss)
+    a, b = outcomes(0.9, 2000, 1), outcomes(0.9, 2000, 2)
+    _, welch_low, welch_high, _ = welch(a, b, 0.95)
+    _, low, high = sequential(a, b, 0.95, 1000)
+    assert 1.2 < (high - low) / (welch_high - welch_low) < 2.0
+
+
+def test_a_clear_winner_is_promoted_early_and_a_clear_loser_rolled_back() -> None:
+    better = analyse(
+        decisions(0.97, 400, 1), decisions(0.85, 400, 2), SEQUENTIAL, ACCURACY, CLASSES
+    )
+    assert better.verdict == "promote" and better.ci_low > 0 and better.p_value is None
+    worse = analyse(decisions(0.7, 400, 1), decisions(0.9, 400, 2), SEQUENTIAL, ACCURACY, CLASSES)
+    assert worse.verdict == "rollback" and worse.ci_high < 0
+    # Equal arms need more outcomes than Welch would to show non-inferiority
+    patient = CanaryPolicy(min_samples=100, max_samples=20_000, margin=0.02)
+    equal = analyse(decisions(0.9, 8000, 1), decisions(0.9, 8000, 2), patient, ACCURACY, CLASSES)
+    assert equal.verdict == "advance" and equal.ci_low > -0.02, equal.reason
+    unsure = analyse(decisions(0.9, 300, 1), decisions(0.9, 300, 2), SEQUENTIAL, ACCURACY, CLASSES)
+    assert unsure.verdict == "wait"

@@ -137,7 +137,9 @@ def test_the_canary_judges_regressors_on_per_request_loss(split) -> None:
     for metric in (RMSE, MAE, R2):
         # 450 outcomes per arm: per-request squared errors are too noisy for the default
         # margin (10 % of the champion's mean loss) to be shown this early, 30 % is
-        policy = CanaryPolicy(min_samples=100, margin=0.3 if metric.relative else 0.05)
+        policy = CanaryPolicy(
+            min_samples=100, margin=0.3 if metric.relative else 0.05, mode="welch"
+        )
         # the same model on two halves of the traffic: not worse
         same = analyse(arms["good"][0], arms["good"][1], policy, metric, ())
         assert same.verdict == "advance", (metric.name, same.reason)
