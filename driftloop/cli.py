@@ -127,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--classic", action="store_true", help="only simulate, train, show status and open the UIs"
     )
+    demo.add_argument(
+        "--task",
+        choices=("classification", "regression"),
+        default="classification",
+        help="loan approvals scored in accuracy, or a Friedman regression stream in RMSE",
+    )
     demo.set_defaults(command=cmd_demo)
 
     serve = commands.add_parser("serve", help="serve @champion on Ray Serve at 127.0.0.1")
@@ -546,12 +552,14 @@ def _print_urls(settings: Settings, wanted: dict[str, Service], serve_waiting: b
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """The closed loop (driftloop/demo.py) in a fresh home under `<home>/demo/`."""
     if args.classic:
+        if args.task != "classification":
+            raise UserError("--classic simulates loan approvals only: drop --task regression")
         return cmd_demo_classic(settings, args)
     from dataclasses import replace
 
     from driftloop.demo import FULL, QUICK, run_demo
 
-    plan = QUICK if args.quick else FULL
+    plan = replace(QUICK if args.quick else FULL, task=args.task)
     if args.rows:
         plan = replace(plan, rows=args.rows)
     if args.trials:

@@ -2,12 +2,14 @@
 
 This module only drives and watches. It starts `mlflow server`, `dagster dev` (webserver
 and daemon, so the sensors really run) and `driftloop serve` as child processes on
-127.0.0.1 (through `driftloop.supervisor`, as `driftloop up` does), sends simulated loan
-applications to serving over HTTP with delayed feedback, lands the labelled rows as files
-(so retrains see post-drift data), injects covariate shift and then concept drift, and
-records what the loop does on its own: the monitors' retrain requests (Dagster GraphQL),
-the canary's weights and the serving champion (`/readyz`). It imports neither Dagster nor
-Ray, so it measures the system from outside, as a user would see it.
+127.0.0.1 (through `driftloop.supervisor`, as `driftloop up` does), sends simulated rows
+(loan applications to classify, or Friedman rows to regress: `DemoPlan.task`) to serving
+over HTTP with delayed feedback, lands the labelled rows as files (so retrains see
+post-drift data), injects covariate shift and then concept drift, and records what the
+loop does on its own: the monitors' retrain requests (Dagster GraphQL), the canary's
+weights and the serving champion (`/readyz`). Its live number follows the task: accuracy
+(higher is better) or RMSE (lower is better). It imports neither Dagster nor Ray, so it
+measures the system from outside, as a user would see it.
 """
 
 from __future__ import annotations
@@ -24,19 +26,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import numpy as np
 import pandas as pd
 
 from driftloop.settings import PROJECT_ROOT, Settings, load_settings
-from driftloop.simulate import DriftPlan, LoanStream, write_batches
+from driftloop.simulate import DemoTask, DriftPlan, stream_for, write_batches
 from driftloop.supervisor import Supervisor, services
 
 LAND_MIN_ROWS = 60  # above the children's DRIFTLOOP_MIN_ROWS (50)
@@ -68,10 +70,54 @@ class DemoPlan:
     canary_min_samples: int = 40
     canary_steps: tuple[float, ...] = (0.25, 1.0)
     seed: int = 7
+    task: DemoTask = "classification"
 
 
 FULL = DemoPlan()
 QUICK = replace(FULL, rows=10_000, trials=6, cv_folds=2, calm_s=60.0, after_s=40.0)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The demo's live number for its task: accuracy for classification (higher is better)
+    and RMSE for regression (lower is better); the thresholds the children judge by are in
+    the same metric (`child_env`)."""
+
+    metric: Literal["accuracy", "rmse"]
+
+    @classmethod
+    def for_task(cls, task: DemoTask) -> Quality:
+        return cls("rmse" if task == "regression" else "accuracy")
+
+    @property
+    def regression(self) -> bool:
+        return self.metric == "rmse"
+
+    @property
+    def worst_key(self) -> str:
+        """The summary's key for the worst 10 s of the drift: the lowest accuracy, the
+        highest RMSE; a name that says which way "worst" lies."""
+        return "max_during" if self.regression else "min_during"
+
+    def worst(self, values: list[float]) -> float | None:
+        if not values:
+            return None
+        return max(values) if self.regression else min(values)
+
+    def parse(self, prediction: Any) -> str | float:
+        """A served prediction as the score compares it: a label string or a float."""
+        return float(prediction) if self.regression else str(prediction)
+
+    def score(self, truth: Sequence[Any], predicted: Sequence[Any]) -> float | None:
+        if len(truth) == 0:
+            return None
+        if self.regression:
+            error = np.asarray(truth, dtype=float) - np.asarray(predicted, dtype=float)
+            return float(np.sqrt(np.mean(error**2)))
+        return float(np.mean(np.asarray(truth).astype(str) == np.asarray(predicted).astype(str)))
+
+    def of(self, served: Sequence[Served]) -> float | None:
+        return self.score([s.label for s in served], [s.prediction for s in served])
 
 
 @dataclass
@@ -79,30 +125,27 @@ class Event:
     name: str
     t: float
     version: str | None
-    accuracy: float | None
+    value: float | None  # the live metric over the last 15 s
+    metric: str
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "event": self.name,
             "t": round(self.t, 1),
             "model_version": self.version,
-            "live_accuracy": None if self.accuracy is None else round(self.accuracy, 4),
+            f"live_{self.metric}": _rounded(self.value),
         }
 
 
 @dataclass
 class Served:
-    """One answered request (one application): when, by which version, truth and answer."""
+    """One answered request (one row): when, by which version, truth and answer."""
 
     t: float
     version: str
     features: dict[str, float]
-    label: int
-    prediction: str
-
-    @property
-    def correct(self) -> bool:
-        return str(self.label) == self.prediction
+    label: int | float
+    prediction: str | float
 
 
 @dataclass
@@ -110,6 +153,7 @@ class LoopState:
     """What the watcher has seen so far; shared by the traffic and watch threads."""
 
     started: float
+    quality: Quality = Quality("accuracy")
     events: list[Event] = field(default_factory=list)
     served: list[Served] = field(default_factory=list)
     champion: str | None = None
@@ -127,19 +171,29 @@ class LoopState:
     def now(self) -> float:
         return time.monotonic() - self.started
 
-    def live_accuracy(self, window_s: float = 15.0) -> float | None:
+    def live(self, window_s: float = 15.0) -> float | None:
+        """The task's metric over the last `window_s` of answered requests."""
         with self.lock:
             since = self.now() - window_s
             recent = [s for s in self.served[-2000:] if s.t >= since]
-        return sum(s.correct for s in recent) / len(recent) if recent else None
+        return self.quality.of(recent)
 
     def record(self, name: str, version: str | None = None) -> Event:
-        event = Event(name, self.now(), version or self.champion, self.live_accuracy())
+        value = self.live()
+        event = Event(name, self.now(), version or self.champion, value, self.quality.metric)
         with self.lock:
             self.events.append(event)
-        acc = "-" if event.accuracy is None else f"{event.accuracy:.3f}"
-        print(f"[{event.t:6.1f}s] {name}  (champion v{self.champion}, live accuracy {acc})")
+        live = f"live {self.quality.metric} {_shown(value)}"
+        print(f"[{event.t:6.1f}s] {name}  (champion v{self.champion}, {live})")
         return event
+
+
+def _shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 # --- child processes ------------------------------------------------------------------------
@@ -164,6 +218,8 @@ def free_port(preferred: int) -> int:
 def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str) -> dict[str, str]:
     """Fast settings for every child: few trials, short windows, canary promotion."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTLOOP_")}
+    if plan.task == "regression":  # stated, not inferred: the demo's summary is in RMSE
+        env["DRIFTLOOP_TASK"] = "regression"
     env.update(
         {
             "DRIFTLOOP_HOME": str(home),
@@ -172,9 +228,9 @@ def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str)
             "DRIFTLOOP_CV_FOLDS": str(plan.cv_folds),
             "DRIFTLOOP_MIN_ROWS": "50",
             "DRIFTLOOP_SEED": str(plan.seed),
-            # The demo's thresholds and summary (accuracy before/during/after) are in
-            # accuracy; the simulated loans (18 % approved) would default to roc_auc.
-            "DRIFTLOOP_METRIC": "accuracy",
+            # The demo's thresholds and summary (before/during/after) are in its live
+            # metric; the simulated loans (18 % approved) would default to roc_auc.
+            "DRIFTLOOP_METRIC": Quality.for_task(plan.task).metric,
             "DRIFTLOOP_PROMOTION_POLICY": "canary",
             "DRIFTLOOP_PREDICTION_LOG_WINDOW_S": str(plan.log_window_s),
             "DRIFTLOOP_MONITOR_WINDOW_S": str(plan.monitor_window_s),
@@ -183,7 +239,7 @@ def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str)
             "DRIFTLOOP_RETRAIN_MIN_ROWS": str(plan.retrain_min_rows),
             "DRIFTLOOP_CANARY_MIN_SAMPLES": str(plan.canary_min_samples),
             "DRIFTLOOP_CANARY_STEPS": json.dumps(list(plan.canary_steps)),
-            # Two shared cores: queueing, not the model, dominates latency; judge accuracy.
+            # Two shared cores: queueing, not the model, dominates latency; judge quality.
             "DRIFTLOOP_CANARY_MAX_P99_MS": "60000",
             "DRIFTLOOP_LANDING_SENSOR_INTERVAL_S": "5",
             "DRIFTLOOP_CANARY_SENSOR_INTERVAL_S": "5",
@@ -202,10 +258,14 @@ def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str)
 # --- the rollback drill's deliberately bad challenger -------------------------------------------
 
 
+BAD_TRAINING = {"classification": "inverted labels", "regression": "mirrored targets"}
+
+
 def register_bad_challenger() -> str:
-    """Train on the accepted rows with inverted labels, register it as `@challenger`, and
-    let it through the offline gate by configuration (no floor, any margin): only the live
-    canary can catch it. Runs in a child process with the demo's environment."""
+    """Train on the accepted rows with inverted labels (mirrored targets for regression),
+    register it as `@challenger`, and let it through the offline gate by configuration (no
+    floor, any margin): only the live canary can catch it. Runs in a child process with the
+    demo's environment."""
     from driftloop.candidate import register_candidate
     from driftloop.data import BatchStore, build_training_set
     from driftloop.hpo import run_search
@@ -220,13 +280,19 @@ def register_bad_challenger() -> str:
     assert schema is not None, "no schema yet: train the first champion before the drill"
     rows = BatchStore(settings.batches).read_all()
     target = schema.target
-    # Inverted labels, not shuffled ones: with imbalanced classes a shuffled-label model
-    # predicts the majority class and stays deceptively close to the champion.
-    first, *rest = sorted(rows[target].unique().tolist())
-    rows[target] = rows[target].map({first: rest[-1], rest[-1]: first}).fillna(rows[target])
+    if schema.is_regression:
+        # Mirrored about the mean: errors twice the target's spread, where a shuffled-target
+        # model would predict the mean and err by one spread only.
+        rows[target] = 2 * rows[target].mean() - rows[target]
+    else:
+        # Inverted labels, not shuffled ones: with imbalanced classes a shuffled-label model
+        # predicts the majority class and stays deceptively close to the champion.
+        first, *rest = sorted(rows[target].unique().tolist())
+        rows[target] = rows[target].map({first: rest[-1], rest[-1]: first}).fillna(rows[target])
     training = build_training_set(rows, schema, settings.holdout_fraction, settings.seed)
     registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
-    trigger = "drill: trained on inverted labels"
+    task = "regression" if schema.is_regression else "classification"
+    trigger = f"drill: trained on {BAD_TRAINING[task]}"
     experiment = ensure_experiment(settings, settings.model_name)
     search = run_search(
         training, settings, experiment, {"driftloop.trigger": trigger}, lambda _: None
@@ -260,12 +326,12 @@ class Traffic(threading.Thread):
         self.state, self.plan, self.settings = state, plan, settings
         self.client = httpx.Client(base_url=url, timeout=30)
         self.predict_path = f"/v1/models/{model}:predict"
-        self.stream = LoanStream(seed=plan.seed + 1000, plan=DriftPlan(NEVER, NEVER))
+        self.stream = stream_for(plan.task, seed=plan.seed + 1000, plan=DriftPlan(NEVER, NEVER))
         self.stop_event = threading.Event()
         self.pending: deque[tuple[float, list[dict[str, Any]]]] = deque()
         self.unlanded: list[dict[str, Any]] = []
         self.feedback_sent = 0.0
-        self.errors = 0
+        self.errors: Counter[str] = Counter()  # failed calls by call and cause
 
     def inject(self, kind: str) -> None:
         """From the next row on: `covariate` shift of P(x), or `concept` drift of P(y | x)."""
@@ -301,18 +367,19 @@ class Traffic(threading.Thread):
                 time.sleep(max(0.0, next_at - time.monotonic()))
         self.client.close()
 
-    def _one_request(self, features: dict[str, float], label: int) -> None:
-        # One application per request: feedback is per request id, so a request's label
-        # must belong to exactly one row.
+    def _one_request(self, features: dict[str, float], label: int | float) -> None:
+        # One row per request: feedback is per request id, so a request's label (the
+        # observed value for regression) must belong to exactly one row.
         try:
             response = self.client.post(self.predict_path, json={"instances": [features]})
             response.raise_for_status()
-        except httpx.HTTPError:
-            self.errors += 1
+        except httpx.HTTPError as error:
+            self.errors[f"predict {_cause(error)}"] += 1
             return
         body = response.json()
         version = str(body["model_version"])
-        served = Served(self.state.now(), version, features, label, str(body["predictions"][0]))
+        prediction = self.state.quality.parse(body["predictions"][0])
+        served = Served(self.state.now(), version, features, label, prediction)
         with self.state.lock:
             self.state.served.append(served)
             self.state.first_answer.setdefault(version, served.t)
@@ -335,8 +402,8 @@ class Traffic(threading.Thread):
         if due:
             try:
                 self.client.post("/v1/feedback", json=due).raise_for_status()
-            except httpx.HTTPError:
-                self.errors += 1
+            except httpx.HTTPError as error:
+                self.errors[f"feedback {_cause(error)}"] += 1
 
     def _land(self) -> None:
         if not self.unlanded:
@@ -348,6 +415,13 @@ class Traffic(threading.Thread):
             f"traffic-{datetime.now(UTC):%Y%m%dT%H%M%S%f}.parquet",
             frame.rename(columns={"label": self.settings.target_column}),
         )
+
+
+def _cause(error: httpx.HTTPError) -> str:
+    """An HTTP status, or the kind of transport failure (a timeout, a refused connection)."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return str(error.response.status_code)
+    return type(error).__name__
 
 
 # --- watching the loop ------------------------------------------------------------------------
@@ -377,10 +451,11 @@ query DriftVerdicts {
 class Watcher(threading.Thread):
     """Polls serving's `/readyz` and Dagster's GraphQL; turns changes into events."""
 
-    def __init__(self, state: LoopState, serve_url: str, dagster_url: str) -> None:
+    def __init__(self, state: LoopState, serve_url: str, dagster_url: str, api_key: str) -> None:
         super().__init__(daemon=True, name="watcher")
         self.state = state
-        self.serve = httpx.Client(base_url=serve_url, timeout=10)
+        # With an admin key configured, `/readyz` names the models only to a viewer or admin.
+        self.serve = httpx.Client(base_url=serve_url, timeout=10, headers={"X-API-Key": api_key})
         self.dagster = httpx.Client(base_url=dagster_url, timeout=20)
         self.stop_event = threading.Event()
         self.weight_zero_at: dict[str, float] = {}  # challenger version -> t its weight hit 0
@@ -497,8 +572,8 @@ def run_demo(
         # The servers run in sessions of their own, out of reach of a signal to ours: a
         # SIGTERM (a CI cancel, `kill`) must still reach the `finally` that stops them.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    state = LoopState(started=time.monotonic())
-    out(f"demo home {home} (logs in {logs})")
+    state = LoopState(started=time.monotonic(), quality=Quality.for_task(plan.task))
+    out(f"demo home {home} (logs in {logs}), task {plan.task}")
     try:
         return _loop(plan, settings, env, bin_dir, children, state, json_path, keep_ui, out)
     finally:
@@ -520,10 +595,9 @@ def _loop(
     servers = services(settings, home / "dagster")
     urls = {name: server.url for name, server in servers.items()}
     children.start_service(servers["mlflow"])
-    out(f"[setup] simulating {plan.rows} applications and training the first champion")
-    write_batches(
-        LoanStream(seed=plan.seed), plan.rows, 5_000, settings.landing, settings.target_column
-    )
+    stream = stream_for(plan.task, seed=plan.seed)
+    out(f"[setup] simulating {plan.rows} {stream.rows_are} and training the first champion")
+    write_batches(stream, plan.rows, 5_000, settings.landing, settings.target_column)
     started = time.monotonic()
     trained = subprocess.run(
         [str(bin_dir / "driftloop"), "train"], env=env, cwd=home, capture_output=True, text=True
@@ -534,7 +608,7 @@ def _loop(
     out(f"[setup] first champion trained in {time.monotonic() - started:.0f}s")
     drill_proc = None
     if plan.drill:  # trains while the servers start; the canary takes it from there
-        out("[setup] drill: training a challenger on inverted labels")
+        out(f"[setup] drill: training a challenger on {BAD_TRAINING[plan.task]}")
         drill_proc = subprocess.Popen(
             [
                 str(bin_dir / "python"),
@@ -553,7 +627,7 @@ def _loop(
     children.wait_healthy("serve")
     children.wait_healthy("dagster")
     state.started = time.monotonic()
-    watcher = Watcher(state, urls["serve"], urls["dagster"])
+    watcher = Watcher(state, urls["serve"], urls["dagster"], env["DRIFTLOOP_ADMIN_API_KEY"])
     watcher.poll_serving()
     watcher.poll_runs(prime=True)
     watcher.poll_drift(prime=True)
@@ -570,7 +644,7 @@ def _loop(
         traffic.inject("covariate")
         _progress_until(state, lambda: state.now() >= onset + plan.concept_after_s, out, 60)
         traffic.inject("concept")
-        state.record(f"concept drift injected (Agrawal function -> {DriftPlan().drift_function})")
+        state.record(f"concept drift injected ({traffic.stream.concept_change})")
         concept = state.now()
         recovered = _progress_until(
             state,
@@ -590,7 +664,7 @@ def _loop(
     summary = _summarise(plan, settings, state, first, onset, onset_index, concept, serving_at)
     summary["rollback_s"], summary["rollback_requests"] = drill["seconds"], drill["requests"]
     _print_timeline(state, out)
-    plot = home / "accuracy.png"
+    plot = home / f"{state.quality.metric}.png"
     _plot(state, plot)
     out(f"plot: {plot}")
     target = json_path or home / "summary.json"
@@ -599,7 +673,8 @@ def _loop(
     out(f"summary: {target}")
     out(json.dumps({k: v for k, v in summary.items() if k != "events"}, indent=2))
     if traffic.errors:
-        out(f"note: {traffic.errors} requests or feedback posts failed")
+        causes = ", ".join(f"{cause}: {n}" for cause, n in traffic.errors.most_common())
+        out(f"note: {traffic.errors.total()} requests or feedback posts failed ({causes})")
     if keep_ui:
         out(f"Dagster UI: {urls['dagster']}\nMLflow UI: {urls['mlflow']}\nserving: {urls['serve']}")
         out("Ctrl-C stops everything.")
@@ -619,11 +694,11 @@ def _progress_until(
             return True
         if time.monotonic() - last >= 10:
             last = time.monotonic()
-            acc = state.live_accuracy()
+            live = _shown(state.live())
             canary = f", canary v{state.challenger} {state.weight:.0%}" if state.challenger else ""
             out(
-                f"[{state.now():6.1f}s] champion v{state.champion}{canary}, live accuracy "
-                f"{'-' if acc is None else f'{acc:.3f}'}, {len(state.served)} requests"
+                f"[{state.now():6.1f}s] champion v{state.champion}{canary}, live "
+                f"{state.quality.metric} {live}, {len(state.served)} requests"
             )
         time.sleep(0.5)
     return False
@@ -637,7 +712,7 @@ def _calm_phase(
     home: Path,
     out: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Calm traffic; with the drill, an inverted-label challenger the canary must roll back."""
+    """Calm traffic; with the drill, a bad challenger the canary must roll back."""
     calm_end = state.now() + plan.calm_s
     drill: dict[str, Any] = {"version": None, "seconds": None, "requests": None}
     if drill_proc is not None:
@@ -672,10 +747,6 @@ def _calm_phase(
 # --- the numbers ------------------------------------------------------------------------------
 
 
-def _accuracy(served: list[Served]) -> float | None:
-    return round(sum(s.correct for s in served) / len(served), 4) if served else None
-
-
 def _summarise(
     plan: DemoPlan,
     settings: Settings,
@@ -687,7 +758,7 @@ def _summarise(
     serving_at: float | None,
 ) -> dict[str, Any]:
     """The issue's summary keys; times are seconds since the traffic started."""
-    served = state.served
+    served, quality = state.served, state.quality
     monitor_retrains = [r["t"] for r in state.retrains if r["trigger"] in ("drift", "quality")]
     detected = min((t for t in state.detections + monitor_retrains if t >= onset), default=None)
     delay = None
@@ -697,7 +768,7 @@ def _summarise(
     end = serving_at if serving_at is not None else state.now()
     during = [s for s in served[onset_index:] if s.t < end]
     buckets = [
-        _accuracy([s for s in during if t <= s.t < t + 10]) for t in np.arange(onset, end, 10.0)
+        quality.of([s for s in during if t <= s.t < t + 10]) for t in np.arange(onset, end, 10.0)
     ]
     post = [s for s in served[onset_index:] if s.t >= concept]
     if serving_at is not None:
@@ -706,19 +777,21 @@ def _summarise(
     else:  # never recovered: judge the last third of the drifted traffic
         cut = len(post) * 2 // 3
         learn, after = post[:cut], post[cut:]
-    static, oracle = _counterfactuals(plan, settings, first, learn, after)
+    static, oracle = _counterfactuals(plan, settings, quality, first, learn, after)
     versions = [e.version for e in state.events if e.name.endswith("serves as @champion")]
     return {
         "drift_onset_s": round(onset, 1),
         "detected_at_s": None if detected is None else round(detected, 1),
         "detection_delay_samples": delay,
         "new_champion_serving_at_s": None if serving_at is None else round(serving_at, 1),
-        "accuracy": {
-            "before": _accuracy(before),
-            "min_during": min((b for b in buckets if b is not None), default=None),
-            "after": _accuracy([s for s in after if s.version == state.champion])
-            if serving_at is not None
-            else _accuracy(after),
+        quality.metric: {
+            "before": _rounded(quality.of(before)),
+            quality.worst_key: _rounded(quality.worst([b for b in buckets if b is not None])),
+            "after": _rounded(
+                quality.of([s for s in after if s.version == state.champion])
+                if serving_at is not None
+                else quality.of(after)
+            ),
             "static_after": static,
             "oracle_after": oracle,
         },
@@ -730,10 +803,15 @@ def _summarise(
 
 
 def _counterfactuals(
-    plan: DemoPlan, settings: Settings, first: str | None, learn: list[Served], after: list[Served]
+    plan: DemoPlan,
+    settings: Settings,
+    quality: Quality,
+    first: str | None,
+    learn: list[Served],
+    after: list[Served],
 ) -> tuple[float | None, float | None]:
     """The first champion frozen (static) and a model searched on post-drift rows (oracle),
-    both scored on the same post-recovery traffic."""
+    both scored in the task's metric on the same post-recovery traffic."""
     if not after or first is None:
         return None, None
     from driftloop.data import BATCH_COLUMN, build_training_set
@@ -750,7 +828,7 @@ def _counterfactuals(
     y_after = np.array([s.label for s in after])
     registry = Registry(budget.mlflow_tracking_uri, budget.model_name)
     static_model = registry.load_verified(first, TRUSTED_TYPES)
-    static = float((static_model.predict(x_after).astype(int) == y_after).mean())
+    static = quality.score(y_after, static_model.predict(x_after))
     oracle = None
     if plan.oracle and len(learn) >= 200:
         rows = pd.DataFrame.from_records([{**s.features, schema.target: s.label} for s in learn])
@@ -762,50 +840,61 @@ def _counterfactuals(
             model = make_model(search.best_params, schema, budget.seed).fit(
                 *training.xy(training.train)
             )
-        oracle = float((model.predict(x_after).astype(int) == y_after).mean())
-    return round(static, 4), None if oracle is None else round(oracle, 4)
+        oracle = quality.score(y_after, model.predict(x_after))
+    return _rounded(static), _rounded(oracle)
 
 
 def _print_timeline(state: LoopState, out: Callable[[str], None]) -> None:
     out("\ntimeline")
-    out(f"{'t (s)':>7}  {'version':>7}  {'live acc':>8}  event")
+    live = "live acc" if state.quality.metric == "accuracy" else f"live {state.quality.metric}"
+    out(f"{'t (s)':>7}  {'version':>7}  {live:>9}  event")
     for event in state.events:
-        acc = "-" if event.accuracy is None else f"{event.accuracy:.3f}"
-        out(
-            f"{event.t:7.1f}  {('v' + event.version) if event.version else '-':>7}  {acc:>8}  "
-            f"{event.name}"
-        )
+        version = ("v" + event.version) if event.version else "-"
+        out(f"{event.t:7.1f}  {version:>7}  {_shown(event.value):>9}  {event.name}")
 
 
 def _plot(state: LoopState, path: Path) -> None:
-    """Live accuracy in 5 s buckets with every event as a labelled vertical line."""
+    """The live metric in 5 s buckets with every event as a labelled vertical line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    served = state.served
+    served, quality = state.served, state.quality
     if not served:
         return
     end = served[-1].t
     times, values = [], []
     for start in np.arange(0, end, 5.0):
-        bucket = [s for s in served if start <= s.t < start + 5]
-        if bucket:
+        value = quality.of([s for s in served if start <= s.t < start + 5])
+        if value is not None:
             times.append(start + 2.5)
-            values.append(sum(s.correct for s in bucket) / len(bucket))
+            values.append(value)
+    metric = quality.metric
     fig, ax = plt.subplots(figsize=(12, 5))
-    ax.plot(times, values, color="black", linewidth=1.2, label="live accuracy (5 s buckets)")
+    ax.plot(times, values, color="black", linewidth=1.2, label=f"live {metric} (5 s buckets)")
     notable = ("drift injected", "serves as @champion", "training run requested", "rolled back")
     for event in state.events:
         if any(word in event.name for word in notable):
             ax.axvline(event.t, color="tab:red", alpha=0.4, linestyle="--")
-            ax.text(event.t, 0.02, event.name[:40], rotation=90, fontsize=7, va="bottom")
-    ax.set_ylim(0, 1.02)
+            # x in data, y in axes units: the labels sit at the bottom on either scale.
+            ax.text(
+                event.t,
+                0.02,
+                event.name[:40],
+                rotation=90,
+                fontsize=7,
+                va="bottom",
+                transform=ax.get_xaxis_transform(),
+            )
+    if quality.regression:
+        ax.set_ylim(0, max(values) * 1.05)
+    else:
+        ax.set_ylim(0, 1.02)
     ax.set_xlabel("seconds since traffic started")
-    ax.set_ylabel("accuracy")
-    ax.set_title("driftloop demo: live accuracy and what the loop did")
-    ax.legend(loc="lower right")
+    ax.set_ylabel(metric)
+    ax.set_title(f"driftloop demo: live {metric} and what the loop did")
+    ax.legend(loc="upper right" if quality.regression else "lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -128,6 +128,9 @@ class ValueStore(dg.ConfigurableIOManager):
         if obj is None:
             return
         folder = self._folder(context)
+        legacy = folder.local_path
+        if legacy is not None and legacy.is_file():  # an older release's pickle: never read
+            legacy.unlink()
         tables: dict[str, bytes] = {}
         document = json.dumps(encode(obj, tables)).encode()
         # A reader may hold the previous document still: its tables stay one more write.
@@ -147,6 +150,12 @@ class ValueStore(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         folder = self._folder(context)
+        legacy = folder.local_path
+        if legacy is not None and legacy.is_file():
+            raise UntrustedValue(
+                f"{legacy} was stored as a pickle by an older release and is not loaded: "
+                "materialize the upstream asset again (a training run does)"
+            )
         data = json.loads(folder.read_bytes(VALUE_FILE))
         return decode(data, lambda name: read_table(folder, name))
 

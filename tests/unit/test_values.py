@@ -93,3 +93,24 @@ def test_only_known_records_and_plain_data_are_written() -> None:
     with pytest.raises(UntrustedValue, match="string keys"):
         encode({1: "a"}, {})
     assert "TrainingSet" in RECORDS and "Candidate" in RECORDS
+
+
+def test_a_pickle_left_by_an_older_release_is_replaced_never_loaded(tmp_path: Path) -> None:
+    """The stock IO manager kept each value as one pickle file where a folder goes now."""
+    (tmp_path / "io").mkdir()
+    (tmp_path / "io" / "produced").write_bytes(b"\x80\x04pickled")
+    store = ValueStore(location=str(tmp_path / "io"))
+
+    @dg.asset
+    def consumed(produced: object) -> None:
+        raise AssertionError("the old pickle was loaded")
+
+    with pytest.raises(UntrustedValue, match="stored as a pickle by an older release"):
+        dg.materialize([consumed, dg.SourceAsset("produced")], resources={"io_manager": store})
+
+    @dg.asset
+    def produced() -> dict:
+        return {"rows": 3}
+
+    assert dg.materialize([produced], resources={"io_manager": store}).success
+    assert (tmp_path / "io" / "produced" / VALUE_FILE).is_file()
