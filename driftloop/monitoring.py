@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from river import drift
 
 from driftloop.data import BatchStore
-from driftloop.logwindows import window_start
+from driftloop.logwindows import read_published, window_start
 from driftloop.metrics import Metric
 from driftloop.schema import blank_to_null
 from driftloop.storage import Folder
@@ -24,24 +24,28 @@ from driftloop.storage import Folder
 def read_log(
     log: Folder, since: datetime | None = None, window_s: int | None = None
 ) -> pd.DataFrame:
-    """Published Parquet files of a serving log (in-progress files are hidden until whole),
-    rows at or after `since`.
+    """Published Parquet files of a serving log (in-progress files are hidden until whole,
+    segments a window file already holds are left out), rows at or after `since`.
 
     With the writers' `window_s`, files whose window ended before `since` are not read: a
     record is written during its file's window, so none of theirs can be that recent. One
     extra window of slack covers clocks that disagree between writers and this reader.
     Files written before a column existed read with that column null (pandas aligns them).
+    A file that does not read is skipped (a corrupt one quarantined), logged, and listed in
+    `frame.attrs["skipped_files"]`: one bad file never fails the run reading the window.
     """
-    names = [f.name for f in log.files((".parquet",))]
-    if since is not None and window_s is not None:
-        oldest = since.timestamp() - 2 * window_s
-        names = [n for n in names if (start := window_start(n)) is None or start >= oldest]
-    if not names:
-        return pd.DataFrame()
-    frame = pd.concat(log.read_parquet(names), ignore_index=True)
+    oldest = None if since is None or window_s is None else since.timestamp() - 2 * window_s
+
+    def wanted(name: str) -> bool:
+        return oldest is None or (start := window_start(name)) is None or start >= oldest
+
+    frames, skipped = read_published(log, wanted)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if since is not None and not frame.empty:
         frame = frame[frame["at"] >= pd.Timestamp(since)]
-    return frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    frame.attrs["skipped_files"] = [vars(s) for s in skipped]
+    return frame
 
 
 def model_frame(frame: pd.DataFrame, features: Sequence[str], text: Sequence[str]) -> pd.DataFrame:

@@ -403,6 +403,51 @@ class Settings(BaseSettings):
         description="Largest table a landed Parquet file may decode to (bytes, from its footer).",
     )
 
+    # serving reliability and security (#13, #14)
+    prediction_log_flush_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often a replica publishes what it logged, in seconds: at most this "
+        "much is lost if it is killed.",
+    )
+    serve_max_queued_requests: int = Field(
+        default=128,
+        ge=1,
+        description="Predictions and feedback one replica holds at once; more are answered "
+        "503 with Retry-After at once.",
+    )
+    serve_retry_after_s: int = Field(
+        default=1, ge=0, le=3600, description="The Retry-After of a 503 for overload."
+    )
+    admin_api_key_file: str | None = Field(
+        default=None,
+        description="A file of admin keys, one per line (two during a rotation), re-read "
+        "when it changes; empty means none.",
+    )
+    viewer_api_key: SecretStr | None = Field(
+        default=None,
+        description="Read-only key for /readyz details and GET /admin/state; unset, empty "
+        "or blank: none.",
+    )
+    viewer_api_key_file: str | None = Field(
+        default=None, description="A file of viewer keys, one per line, re-read on change."
+    )
+    feedback_api_key: SecretStr | None = Field(
+        default=None, description="When set, /v1/feedback requires it (header X-API-Key)."
+    )
+    request_id_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC secret that signs request ids (comma-separated: the first signs, "
+        "all verify); unset: one generated per serving home.",
+    )
+    serve_tls_certfile: str | None = Field(
+        default=None, description="PEM certificate: serving answers https with it."
+    )
+    serve_tls_keyfile: str | None = Field(
+        default=None, description="PEM private key of `serve_tls_certfile`."
+    )
+
 
 def _is_http_url(url: str) -> bool:
     try:

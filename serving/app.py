@@ -14,31 +14,34 @@ take and the log's meaning never change under a running deployment.
 import asyncio
 import dataclasses
 import gc
-import hmac
 import json
 import logging
 import math
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import numpy as np
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from driftloop.registry import (
     CHALLENGER,
     CHAMPION,
+    ArtifactIntegrityError,
     ModelRecord,
     Registry,
     RegistryError,
@@ -65,12 +68,27 @@ from serving.router import (
     choose_route,
 )
 from serving.schemas import (
+    AdminState,
     FeedbackItem,
     FeedbackResponse,
+    Health,
+    LoadFailure,
     ModelState,
     Readiness,
     RoutingUpdate,
     build_request_models,
+)
+from serving.security import (
+    ADMIN_ROLE,
+    FEEDBACK_ROLE,
+    GRANTS,
+    VIEWER_ROLE,
+    AuditLog,
+    Caller,
+    KeyRing,
+    RequestIds,
+    Role,
+    key_id,
 )
 
 logger = logging.getLogger("ray.serve")
@@ -85,6 +103,14 @@ MLFLOW_FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST
 # (or on an ERROR); with the access log off (see `build_app`) our own rare lines, such as a
 # swap, would sit in memory for hours.
 UNBUFFERED_LOG = {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1"}
+# A version whose load failed (the artifact store down, an artifact deleted) is tried again
+# after LOAD_RETRY_S, doubling per failure up to LOAD_RETRY_MAX_S: not on every poll.
+LOAD_RETRY_S = 2.0
+LOAD_RETRY_MAX_S = 300.0
+# Refusals that retrying cannot fix: the artifact's bytes or the model itself are wrong.
+PERMANENT = (ModelRejected, ArtifactIntegrityError, ValueError, TypeError)
+# A URL's user and password (`http://user:secret@host`), kept out of events and logs.
+CREDENTIALS_IN_URL = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 
 class ServeArgs(BaseModel):
@@ -98,6 +124,7 @@ class ServeArgs(BaseModel):
     num_replicas: int | None = Field(default=None, ge=1)
     replica_cpus: float = Field(default=1.0, gt=0)
     max_ongoing_requests: int = Field(default=256, ge=1)
+    max_queued_requests: int | None = Field(default=None, ge=1)
     canary_weight: float | None = Field(default=None, ge=0, le=1)
     shadow: bool = False
     max_batch_rows: int | None = Field(default=None, ge=1)
@@ -162,10 +189,65 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class LoadShed:
+    """A 503 with `Retry-After`, at once, for a prediction or feedback arriving while the
+    replica already holds `limit` of them: under more load than it can take, a replica
+    answers what it can within its latency and tells the rest when to come back, instead
+    of queueing without bound. Health, metrics and admin routes are never shed."""
+
+    def __init__(
+        self, app: ASGIApp, limit: int, retry_after_s: int, on_shed: Callable[[str], None]
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.on_shed = on_shed
+        self.in_flight = 0
+        self.headers = {"Retry-After": str(retry_after_s)}
+        self.detail = (
+            f"this replica holds {limit} requests already (DRIFTLOOP_SERVE_MAX_QUEUED_REQUESTS); "
+            f"retry after {retry_after_s} s"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path.endswith(":predict") or path.endswith("/v1/feedback")):
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.on_shed("queue_full")
+            answer = JSONResponse({"detail": self.detail}, status_code=503, headers=self.headers)
+            await answer(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 @dataclasses.dataclass
 class PendingSwap:
     version: str
     seen_at: float
+
+
+@dataclasses.dataclass
+class FailedLoad:
+    """A version that could not be loaded: why, how often, and when to try again."""
+
+    version: str
+    reason: str
+    attempts: int
+    retry_at: float  # time.monotonic()
+
+    def public(self, alias: str) -> LoadFailure:
+        return LoadFailure(
+            alias=alias,
+            version=self.version,
+            reason=self.reason,
+            attempts=self.attempts,
+            retry_in_s=round(max(self.retry_at - time.monotonic(), 0.0), 1),
+        )
 
 
 @serve.deployment(name="driftloop")
@@ -176,9 +258,16 @@ class ModelServer:
     async def __init__(self, args: ServeArgs) -> None:
         self.settings = args.settings()
         configure_tracking(self.settings)
+        writer = f"{_replica_id()}-{uuid.uuid4().hex[:6]}"
         self.registry = Registry(self.settings.mlflow_tracking_uri, self.settings.model_name)
-        self.store = ModelStore(self.registry, self.settings.serving_dir)
+        self.store = ModelStore(self.registry, self.settings.serving_dir, writer)
         self.metrics = ServingMetrics()
+        self.keys = KeyRing.of(self.settings)
+        self.request_ids = RequestIds.of(self.settings)
+        self.audit = AuditLog(self.settings.serving_dir / "audit.jsonl")
+        self.max_queued_requests = (
+            args.max_queued_requests or self.settings.serve_max_queued_requests
+        )
         self.routing = args.routing(self.settings)
         self.deployed_split = TrafficSplit.of(self.routing)  # announced by `_join_split`
         self.split_joined = False
@@ -186,6 +275,7 @@ class ModelServer:
         self.rng = random.Random()
         self.pending: dict[str, PendingSwap] = {}
         self.refused: set[tuple[str, str]] = set()
+        self.failed: dict[str, FailedLoad] = {}  # by alias: its version's last failed load
         self.last_swap_ms: float | None = None
         self.sync_lock = asyncio.Lock()
         self.shadow_tasks: set[asyncio.Task[None]] = set()
@@ -204,9 +294,9 @@ class ModelServer:
             self.settings.serve_max_instances,
             regression=self.champion.task == "regression",
         )
-        writer = f"{_replica_id()}-{uuid.uuid4().hex[:6]}"
         window = self.settings.prediction_log_window_s
         capacity = self.settings.prediction_log_capacity
+        flush = self.settings.prediction_log_flush_s
         self.prediction_log = ParquetLog(
             self.settings.prediction_log,
             prediction_schema(self.features),
@@ -214,6 +304,7 @@ class ModelServer:
             window,
             capacity,
             self.metrics.log_dropped.labels(PREDICTIONS).inc,
+            flush,
         )
         self.feedback_log = ParquetLog(
             self.settings.feedback_log,
@@ -222,6 +313,7 @@ class ModelServer:
             window,
             capacity,
             self.metrics.log_dropped.labels(FEEDBACK).inc,
+            flush,
         )
         self._apply_routing(self.routing)
         self.watcher = asyncio.create_task(self._watch())
@@ -289,17 +381,18 @@ class ModelServer:
     async def _start_models(self) -> None:
         """Champion from the registry, else the last good copy on disk; never neither."""
         for alias in (CHAMPION, CHALLENGER):
+            observed_at = time.time()
             try:
                 info = await asyncio.to_thread(self.registry.by_alias, alias)
             except Exception as error:  # unreachable registry: any client error
                 self._alert("registry_unreachable", f"@{alias}: {error}")
-                model = await asyncio.to_thread(self.store.load_cached, alias)
+                model = await self._cached(alias)
             else:
                 model = None
                 if info is not None:
-                    model = await self._load(alias, info)
+                    model = await self._load(alias, info, observed_at)
                 if model is None and (info is not None or alias == CHAMPION):
-                    model = await asyncio.to_thread(self.store.load_cached, alias)
+                    model = await self._cached(alias)
             if model is not None and not self._same_task(alias, model):
                 model = None
             setattr(self, alias, model)
@@ -309,21 +402,36 @@ class ModelServer:
                 f"{self.settings.serving_dir}; train one first"
             )
 
-    async def _load(self, alias: str, info: Any) -> LoadedModel | None:
-        """Load a version for `alias`, reusing the other slot's copy; None if refused."""
+    async def _cached(self, alias: str) -> LoadedModel | None:
+        """The last good copy of `alias` from disk; None (and an alert) if it cannot be."""
+        try:
+            return await asyncio.to_thread(self.store.load_cached, alias)
+        except Exception as error:  # altered, or unreadable: never served
+            self._alert("model_refused", f"@{alias}: the cached copy is not used: {error}")
+            return None
+
+    async def _load(self, alias: str, info: Any, observed_at: float) -> LoadedModel | None:
+        """Load a version for `alias`, reusing the other slot's copy; None if refused or if
+        loading failed (tried again with backoff: `FailedLoad`)."""
         for loaded in (self.champion, self.challenger):
             if loaded is not None and (loaded.version, loaded.sha256) == (
                 info.version,
                 info.sha256,
             ):
-                return dataclasses.replace(loaded, alias=alias)
+                model = dataclasses.replace(loaded, alias=alias)
+                await asyncio.to_thread(self.store.remember, alias, model, observed_at)
+                return model
         try:
-            model = await asyncio.to_thread(self.store.load, alias, info)
-        except (ModelRejected, RegistryError, ValueError, OSError) as error:
+            model = await asyncio.to_thread(self.store.load, alias, info, observed_at)
+        except PERMANENT as error:
             self.refused.add((alias, info.version))
             self.metrics.swaps.labels(alias, "refused").inc()
             self._alert("model_refused", f"@{alias} v{info.version}: {error}")
             return None
+        except Exception as error:  # the store, the network, a deleted artifact: any of them
+            self._failed_load(alias, info.version, error)
+            return None
+        self.failed.pop(alias, None)
         features = getattr(self, "features", model.features)
         if model.features != features:
             self.refused.add((alias, info.version))
@@ -332,6 +440,31 @@ class ModelServer:
         if not self._same_task(alias, model):
             return None
         return model
+
+    def _failed_load(self, alias: str, version: str, error: Exception) -> None:
+        """Record a failed load and when to try again; alert once per version, count every
+        attempt. What is loaded keeps serving meanwhile."""
+        previous = self.failed.get(alias)
+        attempts = previous.attempts + 1 if previous and previous.version == version else 1
+        delay = min(LOAD_RETRY_S * 2 ** (attempts - 1), LOAD_RETRY_MAX_S)
+        delay *= random.uniform(0.8, 1.2)  # replicas sharing a store do not retry in step
+        reason = f"{type(error).__name__}: {error}"
+        self.failed[alias] = FailedLoad(version, reason, attempts, time.monotonic() + delay)
+        self.metrics.swaps.labels(alias, "failed").inc()
+        serving, champion = getattr(self, alias), self.champion
+        if serving is not None:
+            keeps = f"v{serving.version} keeps serving @{alias}"
+        elif champion is not None:
+            keeps = f"@champion v{champion.version} answers meanwhile"
+        else:
+            keeps = "nothing is loaded for it"
+        message = (
+            f"@{alias} v{version} could not be loaded ({reason}); retry in {delay:.0f} s, {keeps}"
+        )
+        if attempts == 1:
+            self._alert("model_refused", message)
+        else:
+            logger.warning("serving: %s (attempt %d)", _redacted(message), attempts)
 
     def _same_task(self, alias: str, model: LoadedModel) -> bool:
         """Whether `model` does the task of the champion being served (or is the first
@@ -362,6 +495,7 @@ class ModelServer:
     async def sync(self) -> None:
         """Bring both slots in line with the registry's aliases; old models serve meanwhile."""
         async with self.sync_lock:
+            observed_at = time.time()
             try:  # one query per poll: its Python work holds the GIL the requests need
                 record = await asyncio.to_thread(self.registry.record)
             except Exception as error:  # unreachable registry: keep serving what we have
@@ -370,15 +504,21 @@ class ModelServer:
             for alias in (CHAMPION, CHALLENGER):
                 version = record.aliases.get(alias)
                 current: LoadedModel | None = getattr(self, alias)
+                failed = self.failed.get(alias)
                 if version is None:
+                    self.failed.pop(alias, None)
                     if alias == CHALLENGER and current is not None:
                         self.challenger = None
-                        self.store.forget(CHALLENGER)
+                        await asyncio.to_thread(self.store.forget, CHALLENGER, observed_at)
                     continue
-                if (current is not None and current.version == version) or (
-                    alias,
-                    version,
-                ) in self.refused:
+                if current is not None and current.version == version:
+                    self.failed.pop(alias, None)  # e.g. first served from the cache
+                    continue
+                if (alias, version) in self.refused or (
+                    failed is not None
+                    and failed.version == version
+                    and time.monotonic() < failed.retry_at
+                ):
                     continue
                 seen_at = time.perf_counter()
                 try:
@@ -386,7 +526,7 @@ class ModelServer:
                 except Exception as error:
                     logger.warning("could not read v%s for @%s: %s", version, alias, error)
                     continue
-                model = await self._load(alias, info)
+                model = await self._load(alias, info, observed_at)
                 if model is None:
                     continue
                 setattr(self, alias, model)  # the swap: requests routed after this use it
@@ -399,6 +539,7 @@ class ModelServer:
 
     def _alert(self, kind: str, message: str) -> None:
         """An event a person must see: counted, logged, and appended to events.jsonl."""
+        message = _redacted(message)
         self.metrics.alerts.labels(kind).inc()
         logger.error("serving alert %s: %s", kind, message)
         event = {"at": datetime.now(UTC).isoformat(), "kind": kind, "message": message}
@@ -468,7 +609,7 @@ class ModelServer:
         model = challenger if route == CHALLENGER_ROUTE and challenger is not None else champion
         rows = [i.__dict__ for i in instances]  # features, `id` (already a str) and `key`
         labels, probabilities = await self._infer((model, rows))
-        request_id = uuid.uuid4().hex
+        request_id = self.request_ids.issue()
         listed = None if probabilities is None else probabilities.tolist()
         if listed is None and not all(map(math.isfinite, labels)):
             return self._no_finite_prediction(model, labels)
@@ -615,6 +756,18 @@ class ModelServer:
             last_swap_ms=self.last_swap_ms,
         )
 
+    def state(self) -> AdminState:
+        """What an operator needs to see of this replica, secrets left out."""
+        return AdminState(
+            **self.readiness().model_dump(),
+            replica=self.store.writer_id,
+            refused=[{"alias": a, "version": v} for a, v in sorted(self.refused)],
+            load_failures=[f.public(alias) for alias, f in sorted(self.failed.items())],
+            key_ids=self.keys.key_ids(),
+            request_id_secret=self.request_ids.source,
+            max_queued_requests=self.max_queued_requests,
+        )
+
     # --- HTTP ----------------------------------------------------------------------------
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -633,14 +786,31 @@ def build_api(server: ModelServer) -> FastAPI:
     max_instances = server.settings.serve_max_instances
     feedback_model = server.request_models.feedback
     name = server.settings.model_name
-    admin_key = server.settings.admin_api_key  # None when unset, empty or blank
+    keys, ids, audit = server.keys, server.request_ids, server.audit
+    api_key = APIKeyHeader(
+        name="X-API-Key",
+        auto_error=False,
+        description="An admin key (routing, rollback, reload), a viewer key (read-only) or, "
+        "for /v1/feedback when one is set, the feedback key.",
+    )
 
     def refused(status: int) -> None:
         """Count answers that are not predictions, for the error-rate alert."""
         server.metrics.requests.labels("none", "refused", str(status)).inc()
 
+    def shed(reason: str) -> None:
+        server.metrics.shed.labels(reason).inc()
+        refused(503)
+
     api.add_middleware(
         BodyLimit, max_bytes=server.settings.serve_max_body_bytes, on_refused=lambda: refused(413)
+    )
+    # Outermost: a full replica answers before reading a byte of the body.
+    api.add_middleware(
+        LoadShed,
+        limit=server.max_queued_requests,
+        retry_after_s=server.settings.serve_retry_after_s,
+        on_shed=shed,
     )
 
     @api.exception_handler(Exception)
@@ -668,22 +838,78 @@ def build_api(server: ModelServer) -> FastAPI:
         refused(422)
         return JSONResponse({"detail": detail}, status_code=422)
 
-    def require_admin(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if admin_key is None:
-            raise HTTPException(
-                403, "admin endpoints are off: DRIFTLOOP_ADMIN_API_KEY is unset or empty"
-            )
-        if not x_api_key or not x_api_key.strip():
-            raise HTTPException(401, "missing or empty X-API-Key header")
-        if not hmac.compare_digest(x_api_key.encode(), admin_key.get_secret_value().encode()):
-            raise HTTPException(403, "wrong API key")
+    def client_of(request: Request) -> tuple[str | None, str | None]:
+        return (request.client.host if request.client else None), request.headers.get(
+            "x-forwarded-for"
+        )
 
-    admin = [Depends(require_admin)]
+    def caller(role: Role, off: str) -> Callable[..., Any]:
+        """A dependency admitting keys that may act as `role`; every refusal is audited."""
+
+        async def check(request: Request, presented: str | None = Security(api_key)) -> Caller:
+            if not keys.configured(role):
+                raise HTTPException(403, off)
+            action = f"{request.method} {request.url.path}"
+            host, forwarded = client_of(request)
+            if not presented or not presented.strip():
+                audit.record(
+                    action=action, outcome="401", caller=None, client=host, forwarded_for=forwarded
+                )
+                raise HTTPException(401, "missing or empty X-API-Key header")
+            found = keys.identify(presented)
+            if found is None or role not in GRANTS[found.role]:
+                audit.record(
+                    action=action,
+                    outcome="403",
+                    caller=found,
+                    client=host,
+                    forwarded_for=forwarded,
+                    presented_key_id=key_id(presented.strip()),
+                )
+                raise HTTPException(403, "wrong API key" if found is None else "not allowed")
+            return found
+
+        return check
+
+    admin_caller = caller(
+        ADMIN_ROLE, "admin endpoints are off: DRIFTLOOP_ADMIN_API_KEY is unset or empty"
+    )
+    viewer_caller = caller(
+        VIEWER_ROLE,
+        "the admin state is off: neither DRIFTLOOP_ADMIN_API_KEY nor DRIFTLOOP_VIEWER_API_KEY "
+        "is set",
+    )
+    feedback_caller = caller(FEEDBACK_ROLE, "feedback needs no key here")
+    Admin = Annotated[Caller, Depends(admin_caller)]
+
+    def audited(request: Request, who: Caller, before: Any, after: Any, outcome: str) -> None:
+        host, forwarded = client_of(request)
+        audit.record(
+            action=f"{request.method} {request.url.path}",
+            outcome=outcome,
+            caller=who,
+            client=host,
+            forwarded_for=forwarded,
+            before=before,
+            after=after,
+        )
+
+    def failed(request: Request, who: Caller, before: Any, what: str, error: Exception) -> NoReturn:
+        """A generic answer for the client; the details in the replica log under an id."""
+        reference = uuid.uuid4().hex[:8]
+        details = _redacted(f"{type(error).__name__}: {error}")
+        logger.error("admin %s failed (error %s): %s", request.url.path, reference, details)
+        audited(request, who, before, None, f"503 error {reference}")
+        raise HTTPException(503, f"{what}; see the replica log (error {reference})")
 
     @api.post(
         "/v1/models/{model}:predict",
         response_model=server.request_models.response,
-        responses={404: {"description": "unknown model"}, 413: {"description": "too many"}},
+        responses={
+            404: {"description": "unknown model"},
+            413: {"description": "too many"},
+            503: {"description": "replica full: retry after the Retry-After header's seconds"},
+        },
     )
     async def predict(model: str, body: predict_model) -> Response:  # type: ignore[valid-type]
         if model != name:
@@ -691,60 +917,130 @@ def build_api(server: ModelServer) -> FastAPI:
             raise HTTPException(404, f"no model named {model!r}; this server serves {name!r}")
         return await server.predict(body.instances)  # type: ignore[attr-defined]
 
-    @api.post("/v1/feedback", responses={413: {"description": "too many or too large"}})
-    def feedback(body: feedback_model) -> FeedbackResponse:  # type: ignore[valid-type]
-        return server.feedback(body if isinstance(body, list) else [body])
+    # Without a feedback key of its own, feedback is open (its ids are signed all the same).
+    feedback_guard = [Depends(feedback_caller)] if keys.has_own(FEEDBACK_ROLE) else []
+
+    @api.post(
+        "/v1/feedback",
+        dependencies=feedback_guard,
+        responses={
+            413: {"description": "too many or too large"},
+            422: {"description": "invalid, or a request_id this deployment did not issue"},
+        },
+    )
+    def feedback(body: feedback_model) -> Response:  # type: ignore[valid-type]
+        items = body if isinstance(body, list) else [body]
+        where = (
+            (lambda i: ["body", i, "request_id"])
+            if isinstance(body, list)
+            else (lambda i: ["body", "request_id"])
+        )
+        unknown = [
+            {
+                "type": "request_id_not_issued",
+                "loc": where(i),
+                "msg": "not a request_id this deployment issued: use the request_id of an "
+                "answer (ids are signed), or the instance's id",
+            }
+            for i, item in enumerate(items)
+            if item.request_id is not None and not ids.verify(item.request_id)
+        ]
+        if unknown:  # nothing of the request is applied
+            refused(422)
+            return JSONResponse({"detail": unknown}, status_code=422)
+        return JSONResponse(server.feedback(items).model_dump())
 
     @api.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @api.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-    def readyz() -> Response:
+    @api.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={
+            200: {
+                "description": "Details (models, routing) need a viewer or admin key "
+                "when one is configured; without it only `ready` and `detail`."
+            },
+            503: {"model": Health},
+        },
+    )
+    def readyz(presented: str | None = Security(api_key)) -> Response:
         state = server.readiness()
-        return JSONResponse(state.model_dump(), status_code=200 if state.ready else 503)
+        status = 200 if state.ready else 503
+        open_to_all = not keys.configured(VIEWER_ROLE)  # no key exists that could be asked for
+        found = keys.identify(presented) if presented and presented.strip() else None
+        if open_to_all or (found is not None and VIEWER_ROLE in GRANTS[found.role]):
+            return JSONResponse(state.model_dump(), status_code=status)
+        return JSONResponse(Health(ready=state.ready, detail=state.detail).model_dump(), status)
 
     @api.get("/metrics")
     def metrics() -> Response:
         return Response(server.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    @api.post("/admin/routing", dependencies=admin)
-    async def set_routing(update: RoutingUpdate) -> Readiness:
+    @api.get("/admin/state", response_model=AdminState)
+    def admin_state(who: Annotated[Caller, Depends(viewer_caller)]) -> AdminState:
+        return server.state()
+
+    @api.post("/admin/routing")
+    async def set_routing(request: Request, update: RoutingUpdate, who: Admin) -> Readiness:
         """Change the split for every replica: through the registry, which all of them poll."""
+        before = TrafficSplit.of(server.routing).model_dump()
         routing = server.routing.model_copy(update=update.model_dump(exclude_none=True))
         try:
             await asyncio.to_thread(server.share_split, TrafficSplit.of(routing))
         except Exception as error:  # registry down: say so instead of splitting replicas
-            raise HTTPException(503, f"registry unreachable, routing unchanged: {error}") from error
+            failed(request, who, before, "registry unreachable, routing unchanged", error)
         server._apply_routing(routing)
+        audited(request, who, before, TrafficSplit.of(routing).model_dump(), "200")
         return server.readiness()
 
-    @api.post("/admin/reload", dependencies=admin)
-    async def reload() -> Readiness:
+    @api.post("/admin/reload")
+    async def reload(request: Request, who: Admin) -> Readiness:
+        before = _versions(server)
         server.refused.clear()  # a person asked: try refused versions again
+        server.failed.clear()  # and failed ones now, not after their backoff
         await server.sync()
+        audited(request, who, before, _versions(server), "200")
         return server.readiness()
 
-    @api.post("/admin/rollback", dependencies=admin)
-    async def rollback(request: RollbackRequest | None = None) -> Readiness:
+    @api.post("/admin/rollback")
+    async def rollback(
+        request: Request, who: Admin, body: RollbackRequest | None = None
+    ) -> Readiness:
         """`@champion` back to `@previous`; with `expected_champion`, a retry is a no-op."""
-        expected = request.expected_champion if request else None
+        expected = body.expected_champion if body else None
+        before = _versions(server)
         try:
             moved = await asyncio.to_thread(server.registry.rollback, expected)
-        except RegistryError as error:  # also AliasConflict: another move under way
+        except RegistryError as error:  # also AliasConflict: our own sentence, no secret
+            audited(request, who, before, None, "409")
             raise HTTPException(409, str(error)) from error
-        except Exception as error:  # registry down: say so instead of a 500
-            raise HTTPException(503, f"registry unreachable: {error}") from error
+        except Exception as error:  # registry down: a 503, the details in the log
+            failed(request, who, before, "registry unreachable, nothing rolled back", error)
         if moved.changed:
             server._alert(
                 "rollback",
                 f"@champion moved back from v{moved.before[CHAMPION]} to "
-                f"v{moved.after[CHAMPION]} by the admin API",
+                f"v{moved.after[CHAMPION]} by the admin API (key {who.key_id})",
             )
         await server.sync()
+        audited(request, who, moved.before, moved.after, "200")
         return server.readiness()
 
     return api
+
+
+def _versions(server: ModelServer) -> dict[str, str | None]:
+    return {
+        alias: (model.version if model else None)
+        for alias, model in ((CHAMPION, server.champion), (CHALLENGER, server.challenger))
+    }
+
+
+def _redacted(message: str) -> str:
+    """`message` without a URL's credentials (MLflow and botocore errors quote URLs)."""
+    return CREDENTIALS_IN_URL.sub(r"\1***@", message)
 
 
 def _state(model: LoadedModel | None) -> ModelState | None:
@@ -767,11 +1063,28 @@ def _replica_id() -> str:
 
 
 def build_app(args: ServeArgs) -> Application:
-    """The application for `serve.run` or `serve deploy` (import path `serving.app:build_app`)."""
+    """The application for `serve.run` or `serve deploy` (import path `serving.app:build_app`).
+
+    Keys and the request-id secret are checked here too, so a weak one stops the deploy with
+    one sentence instead of crash-looping replicas. `LoadShed` bounds what a replica holds
+    (`DRIFTLOOP_SERVE_MAX_QUEUED_REQUESTS`); behind it Ray's own `max_queued_requests`
+    bounds the requests waiting for one of the replica's `max_ongoing_requests` slots, as
+    many again, with the same 503 and Retry-After (a backstop for a stalled event loop, not
+    counted in our metrics: those never reach the application). Ray counts a request as
+    queued while it is being admitted, so the same bound for both would have Ray shed
+    bursts our own count admits (measured: 223 answers 503 to 256 requests, some by Ray).
+    """
     settings = args.settings()
+    KeyRing.of(settings)
+    if settings.request_id_secret is not None:
+        RequestIds.of(settings)
     return ModelServer.options(
         num_replicas=args.num_replicas or settings.serve_replicas,
         max_ongoing_requests=args.max_ongoing_requests,
+        max_queued_requests=args.max_ongoing_requests,
+        backpressure_config=BackpressureConfig(
+            status_code=503, retry_after_s=settings.serve_retry_after_s
+        ),
         user_config=args.routing(settings).model_dump(),
         # Serve's access log buffers a record per request and flushes 1,000 at a time in the
         # event loop: ~10 ms stalls that made the idle p99 ~19 ms for a trivial route (on a

@@ -249,8 +249,9 @@ def bench_bare(settings: Settings, instance: dict, seconds: float, port: int) ->
         "--log-level",
         "warning",
     ]
-    env_dir = settings.home / "bench" / "model"
-    os.environ["DRIFTLOOP_BENCH_MODEL_DIR"] = str(env_dir)
+    # Where `_example_instance` downloaded the champion (MLflow nests it one level down).
+    (model_file,) = (settings.home / "bench" / "model").rglob("model.skops")
+    os.environ["DRIFTLOOP_BENCH_MODEL_DIR"] = str(model_file.parent)
     return _bench_process(
         command,
         settings,
@@ -388,7 +389,10 @@ def _swap(url: str, path: str, body: dict, registry: Registry, key: str, seconds
             client_ms = (time.perf_counter() - moved) * 1000
             result = await task  # the load went on past the swap: every replica answered
             # Each replica times its own swap; /readyz reaches one at a time: the slowest seen.
-            swaps = [(await client.get("/readyz")).json()["last_swap_ms"] for _ in range(20)]
+            swaps = [
+                (await client.get("/readyz", headers=headers)).json()["last_swap_ms"]
+                for _ in range(20)
+            ]
         seen = [ms for ms in swaps if ms is not None]
         return {
             "failed_requests": result.errors,

@@ -11,7 +11,16 @@ worker logs, and the two Python daemons are ~170 MB of the serving RSS. `ray.ini
 parameter for them, so the node is built the way `ray.init` builds it, from Ray's own node
 parameters (`ray._private`, pinned with Ray in pyproject.toml). Unlike `ray start` or
 `ray.cluster_utils.Cluster`, this does not publish the node as the machine's current
-cluster, so no other `ray.init()` on the machine attaches to it.
+cluster, so no other `ray.init()` on the machine attaches to it. The node binds to
+127.0.0.1 and starts no dashboard: its agent's HTTP port (which takes job submissions)
+and every other Ray port are unreachable from the network (measured: before, the GCS,
+raylet and agents listened on all interfaces, the agent's port 52365 on the machine's
+address).
+
+With `DRIFTLOOP_SERVE_TLS_CERTFILE` and `_KEYFILE` the endpoint answers https: Ray's own
+proxy terminates TLS with uvicorn's ssl options. HAProxy mode is then off: Ray 2.60's
+HAProxy binds plain HTTP and hands the same ssl options to the replicas' direct-ingress
+servers, so HAProxy would speak plain HTTP to replicas speaking TLS.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ LOCAL_DRAINING_PERIOD_S = "10"
 # Requests reach the replicas over HTTP, not through the object store; Ray's default
 # reserves 30% of RAM for it.
 OBJECT_STORE_BYTES = 256 * 2**20
+LOCALHOST = "127.0.0.1"
 
 _node: Node | None = None
 
@@ -60,6 +70,11 @@ def serve_env(settings: Settings, haproxy: bool) -> dict[str, str]:
     local = {
         "RAY_worker_niceness": "0",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": LOCAL_DRAINING_PERIOD_S,
+        # Ray's switch for "no multi-node cluster": every process takes the loopback address
+        # as the node's. Without it Ray turns 127.0.0.1 back into the machine's address
+        # (the driver then cannot reach a node bound to loopback) and binds its GCS,
+        # raylet and agents to all interfaces, the agent's job port 52365 included.
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
     if not haproxy:
         return {**local, "RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
@@ -85,6 +100,26 @@ def serve_env(settings: Settings, haproxy: bool) -> dict[str, str]:
     }
 
 
+def tls_options(settings: Settings) -> dict[str, str]:
+    """Ray's `http_options` for TLS (both files, or neither), checked before Ray starts."""
+    given = {
+        "DRIFTLOOP_SERVE_TLS_CERTFILE": (settings.serve_tls_certfile or "").strip(),
+        "DRIFTLOOP_SERVE_TLS_KEYFILE": (settings.serve_tls_keyfile or "").strip(),
+    }
+    if not any(given.values()):
+        return {}
+    for variable, path in given.items():
+        if not path:
+            raise ValueError(
+                "DRIFTLOOP_SERVE_TLS_CERTFILE and DRIFTLOOP_SERVE_TLS_KEYFILE go together: "
+                f"set both PEM files or neither ({variable} is unset)"
+            )
+        if not os.access(path, os.R_OK) or not Path(path).is_file():
+            raise ValueError(f"{variable} names {path}, which is not a readable file")
+    cert, key = given.values()
+    return {"ssl_certfile": cert, "ssl_keyfile": key}
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -98,17 +133,23 @@ def start(
     global _node
     import ray
     from ray import serve
+    from ray._private import ray_constants
     from ray._private.node import Node
     from ray._private.parameter import RayParams
 
+    tls = tls_options(settings)
+    haproxy = haproxy and not tls
     env = serve_env(settings, haproxy)
     os.environ.update(env)
+    # The same switch for this process, which imported Ray before the variable was set.
+    ray_constants.ENABLE_RAY_CLUSTER = False
     haproxy_dir(settings).mkdir(parents=True, exist_ok=True)
     if not ray.is_initialized():
         # A node of our own (never another process's cluster on this machine), whose
         # processes end with this one.
         params = RayParams(
             num_cpus=num_cpus or os.cpu_count() or 1,
+            node_ip_address=LOCALHOST,
             include_dashboard=False,
             include_log_monitor=False,
             no_monitor=True,
@@ -116,9 +157,9 @@ def start(
         )
         _node = Node(params, head=True, shutdown_at_exit=True, spawn_reaper=True)
         ray.init(address=_node.address, runtime_env={"env_vars": env}, log_to_driver=False)
-    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port})
+    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port, **tls})
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-    return f"http://{settings.serve_host}:{settings.serve_port}"
+    return f"{'https' if tls else 'http'}://{settings.serve_host}:{settings.serve_port}"
 
 
 def stop(settings: Settings) -> None:

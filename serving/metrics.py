@@ -60,6 +60,12 @@ class ServingMetrics:
             ["feature"],
             registry=r,
         )
+        self.shed = Counter(
+            "driftloop_shed_requests",
+            "Requests answered 503 with Retry-After because the replica was full, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.log_dropped = Counter(
             "driftloop_prediction_log_dropped",
             "Records dropped because the log queue was full or a write failed.",

@@ -7,6 +7,12 @@ Every verified artifact is copied under `DRIFTLOOP_HOME/serving/models/` and the
 version per alias is recorded, so a replica starts and keeps serving while MLflow is down.
 The cache is never trusted: a copy is hashed again before every load from it, and an
 altered one is replaced by the verified download (or refused when the registry is down).
+
+Replicas sharing a home never read-modify-write one record: each replaces its own file
+(`last_good/<replica>.json`, atomically), stamping every alias with the time it read the
+registry, and a start from the cache takes the newest reading of each alias across the
+files. A slow replica that finishes loading a version after a rollback therefore cannot
+bring it back: the replica that saw the rollback read the registry later.
 """
 
 from __future__ import annotations
@@ -142,18 +148,30 @@ def example_rows(example: pd.DataFrame, features: tuple[FeatureField, ...]) -> l
     ]
 
 
+# Another replica's last-good file untouched for this long, and newer for no alias it
+# names, is removed (crash-looping replicas would otherwise leave one file per start).
+LAST_GOOD_KEEP_S = 3600.0
+
+
 class ModelStore:
     """Resolves aliases in the registry and keeps verified copies on local disk."""
 
-    def __init__(self, registry: Registry, cache_dir: Path) -> None:
+    def __init__(self, registry: Registry, cache_dir: Path, writer_id: str = "local") -> None:
+        if not writer_id or "/" in writer_id or writer_id.startswith("."):
+            raise ValueError(f"a cache writer id is a plain file name: {writer_id!r}")
         self.registry = registry
         self.cache_dir = cache_dir
         self.models_dir = cache_dir / "models"
-        self.last_good_path = cache_dir / "last_good.json"
+        self.last_good_dir = cache_dir / "last_good"
+        self.legacy_last_good = cache_dir / "last_good.json"  # before per-replica files
+        self.writer_id = writer_id
+        self._mine: dict[str, dict[str, Any]] = {}  # this replica's file, as last written
 
-    def load(self, alias: str, info: VersionInfo) -> LoadedModel:
+    def load(self, alias: str, info: VersionInfo, observed_at: float | None = None) -> LoadedModel:
         """Download, verify the digest, keep a verified copy in the local cache, load the
-        download itself (what was hashed, not a copy that could change since) and warm up."""
+        download itself (what was hashed, not a copy that could change since) and warm up.
+        `observed_at` is when the registry named `info` for `alias` (default: now)."""
+        observed_at = time.time() if observed_at is None else observed_at
         if info.sha256 is None:
             raise ModelRejected(f"version {info.version} has no sha256 tag")
         with tempfile.TemporaryDirectory(dir=self._tmp_root()) as tmp:
@@ -166,13 +184,13 @@ class ModelStore:
                 )
             self._keep(info.version, info.sha256, local)
             model = _open(alias, info.version, info.sha256, "registry", local)
-        self._remember(alias, model)
+        self.remember(alias, model, observed_at)
         return model
 
     def load_cached(self, alias: str) -> LoadedModel | None:
         """The last good version for `alias` from local disk, re-verified; None if absent."""
         entry = self._last_good().get(alias)
-        if entry is None:
+        if entry is None or entry.get("version") is None:
             return None
         directory = self._version_dir(entry["version"], entry["sha256"])
         if not directory.exists() or directory_sha256(directory) != entry["sha256"]:
@@ -181,11 +199,15 @@ class ModelStore:
             )
         return _open(alias, entry["version"], entry["sha256"], "cache", directory)
 
-    def forget(self, alias: str) -> None:
+    def remember(self, alias: str, model: LoadedModel, observed_at: float) -> None:
+        """`model` is the last good version of `alias` as the registry named it then."""
+        entry = {"version": model.version, "sha256": model.sha256, "observed_at": observed_at}
+        self._record(alias, entry)
+
+    def forget(self, alias: str, observed_at: float | None = None) -> None:
         """The alias is gone from the registry: do not bring it back from the cache."""
-        last_good = self._last_good()
-        if last_good.pop(alias, None) is not None:
-            self._write_last_good(last_good)
+        when = time.time() if observed_at is None else observed_at
+        self._record(alias, {"version": None, "observed_at": when})
 
     def _keep(self, version: str, sha256: str, local: Path) -> None:
         """`local` (verified) as the cached copy: an existing copy is kept only while it
@@ -215,21 +237,51 @@ class ModelStore:
         self.models_dir.mkdir(parents=True, exist_ok=True)
         return self.models_dir
 
-    def _last_good(self) -> dict[str, dict[str, str]]:
-        try:
-            return json.loads(self.last_good_path.read_text())
-        except (OSError, ValueError):
-            return {}
+    def _last_good(self) -> dict[str, dict[str, Any]]:
+        """Per alias the newest reading across every replica's file (and the file of
+        before, read as older than any of them)."""
+        newest: dict[str, dict[str, Any]] = {}
+        for _, entries in self._files():
+            for alias, entry in entries.items():
+                if alias not in newest or entry["observed_at"] > newest[alias]["observed_at"]:
+                    newest[alias] = entry
+        return newest
 
-    def _remember(self, alias: str, model: LoadedModel) -> None:
-        last_good = self._last_good()
-        last_good[alias] = {"version": model.version, "sha256": model.sha256}
-        self._write_last_good(last_good)
+    def _files(self) -> list[tuple[Path, dict[str, dict[str, Any]]]]:
+        found = []
+        paths = sorted(self.last_good_dir.glob("*.json")) if self.last_good_dir.is_dir() else []
+        for path in [self.legacy_last_good, *paths]:
+            try:
+                raw = json.loads(path.read_text())
+                entries = {
+                    str(alias): {**entry, "observed_at": float(entry.get("observed_at", 0.0))}
+                    for alias, entry in raw.items()
+                    if isinstance(entry, dict)
+                }
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue  # absent, or being replaced right now: the others still count
+            found.append((path, entries))
+        return found
 
-    def _write_last_good(self, content: dict[str, dict[str, str]]) -> None:
-        tmp = self.last_good_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(content, indent=2))
-        os.replace(tmp, self.last_good_path)
+    def _record(self, alias: str, entry: dict[str, Any]) -> None:
+        """Replace this replica's own file with `entry` for `alias` (atomically: a reader
+        sees the old file or the new one), then remove other replicas' stale files."""
+        self._mine[alias] = entry
+        self.last_good_dir.mkdir(parents=True, exist_ok=True)
+        mine = self.last_good_dir / f"{self.writer_id}.json"
+        tmp = self.last_good_dir / f".{self.writer_id}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(self._mine, indent=2))
+        os.replace(tmp, mine)
+        newest = self._last_good()
+        for path, entries in self._files():
+            if path in (mine, self.legacy_last_good):
+                continue
+            superseded = all(
+                newest[a]["observed_at"] > e["observed_at"] for a, e in entries.items()
+            )
+            with contextlib.suppress(OSError):
+                if superseded and time.time() - path.stat().st_mtime > LAST_GOOD_KEEP_S:
+                    path.unlink()
 
 
 def _open(alias: str, version: str, sha256: str, source: Source, directory: Path) -> LoadedModel:

@@ -250,11 +250,41 @@ class ModelState(BaseModel):
     task: Literal["classification", "regression"]
 
 
-class Readiness(BaseModel):
+class Health(BaseModel):
+    """What `/readyz` tells anyone: whether this replica takes traffic."""
+
     ready: bool
     detail: str
+
+
+class Readiness(Health):
+    """`/readyz` for a viewer or admin key (or for anyone when no key is configured)."""
+
     champion: ModelState | None = None
     challenger: ModelState | None = None
     canary_weight: float
     shadow: bool
     last_swap_ms: float | None = None
+
+
+class LoadFailure(BaseModel):
+    """A version an alias names that this replica could not load; it is tried again."""
+
+    alias: str
+    version: str
+    reason: str
+    attempts: int
+    retry_in_s: float
+
+
+class AdminState(Readiness):
+    """`GET /admin/state`: the replica as an operator sees it (key ids, never keys)."""
+
+    replica: str
+    refused: list[dict[str, str]]
+    load_failures: list[LoadFailure]
+    key_ids: dict[str, list[str]] = Field(
+        description="Per role the ids (first 8 hex digits of the SHA-256) of accepted keys."
+    )
+    request_id_secret: str = Field(description="Where the request-id secret comes from.")
+    max_queued_requests: int

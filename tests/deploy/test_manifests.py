@@ -196,6 +196,7 @@ def test_compose_has_no_default_secret() -> None:
         "SERVING_S3_SECRET_KEY",
         "MLFLOW_S3_SECRET_KEY",
         "RAY_AUTH_TOKEN",
+        "DRIFTLOOP_REQUEST_ID_SECRET",
         "GRAFANA_ADMIN_PASSWORD",
     } <= required
     example = (DEPLOY / "env.example").read_text()

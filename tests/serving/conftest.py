@@ -11,7 +11,8 @@ import dataclasses
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ray import serve
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from driftloop.candidate import model_signature, serving_requirements
+from driftloop.monitoring import read_log
 from driftloop.registry import (
     CHALLENGER,
     CHAMPION,
@@ -37,6 +39,7 @@ from driftloop.registry import (
 )
 from driftloop.schema import DatasetSchema, infer_schema
 from driftloop.settings import Settings, load_settings
+from driftloop.storage import Folder
 from driftloop.training import DEFAULT_TRIALS, TRUSTED_TYPES, make_model, model_output
 from serving import launch
 from serving.app import ServeArgs, build_app
@@ -47,9 +50,24 @@ ADMIN_KEY = "test-admin-key-0123456789abcdef0123"  # 32+ characters, as required
 SERVE_ENV = {
     **FAST_ENV,
     "DRIFTLOOP_ADMIN_API_KEY": ADMIN_KEY,
-    # Short windows so tests can read published prediction-log files within seconds.
+    # Short windows and flushes so tests read the prediction log within a second, and see
+    # windows folded.
     "DRIFTLOOP_PREDICTION_LOG_WINDOW_S": "2",
+    "DRIFTLOOP_PREDICTION_LOG_FLUSH_S": "0.25",
 }
+
+
+def logged(
+    log: Folder, until: Callable[[pd.DataFrame], bool], timeout_s: float = 30
+) -> pd.DataFrame:
+    """The published log once `until` holds for it (a replica publishes every flush)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        frame = read_log(log)
+        if not frame.empty and until(frame):
+            return frame
+        assert time.monotonic() < deadline, f"{log} never held the expected records"
+        time.sleep(0.1)
 
 
 @dataclass(frozen=True)

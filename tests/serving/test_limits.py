@@ -15,7 +15,15 @@ from pydantic import BaseModel
 from driftloop.settings import Settings, WeakAdminKey
 from serving.app import ServeArgs, build_api, build_app
 from serving.metrics import ServingMetrics
-from serving.schemas import FeatureField, FeedbackItem, FeedbackResponse, build_request_models
+from serving.schemas import (
+    AdminState,
+    FeatureField,
+    FeedbackItem,
+    FeedbackResponse,
+    Readiness,
+    build_request_models,
+)
+from serving.security import AuditLog, KeyRing, RequestIds
 
 FEATURES = (FeatureField("income", "float"), FeatureField("age", "int"))
 KEY = "k" * 32
@@ -24,20 +32,48 @@ ADMIN_ROUTES = ("/admin/routing", "/admin/reload", "/admin/rollback")
 
 
 class StandIn:
-    """What `build_api` uses of a `ModelServer`; predictions echo the validated rows."""
+    """What `build_api` uses of a `ModelServer`; predictions echo the validated rows.
+
+    Keys, request ids and the audit log are the real ones, from the settings."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = ServingMetrics()
         self.request_models = build_request_models(FEATURES, settings.serve_max_instances)
+        self.keys = KeyRing.of(settings)
+        self.request_ids = RequestIds.of(settings)
+        self.audit = AuditLog(settings.serving_dir / "audit.jsonl")
+        self.max_queued_requests = settings.serve_max_queued_requests
         self.labels: list[FeedbackItem] = []
+        self.refused: set[tuple[str, str]] = set()
+        self.failed: dict[str, object] = {}
+        self.champion = self.challenger = None
+        self.syncs = 0
 
     async def predict(self, instances: list[BaseModel]) -> JSONResponse:
-        return JSONResponse({"rows": [i.model_dump() for i in instances]})
+        rows = [i.model_dump() for i in instances]
+        return JSONResponse({"rows": rows, "request_id": self.request_ids.issue()})
 
     def feedback(self, items: list[FeedbackItem]) -> FeedbackResponse:
         self.labels.extend(items)
         return FeedbackResponse(accepted=len(items))
+
+    async def sync(self) -> None:
+        self.syncs += 1
+
+    def readiness(self) -> Readiness:
+        return Readiness(ready=True, detail="serving", canary_weight=0.0, shadow=False)
+
+    def state(self) -> AdminState:
+        return AdminState(
+            **self.readiness().model_dump(),
+            replica="stand-in",
+            refused=[],
+            load_failures=[],
+            key_ids=self.keys.key_ids(),
+            request_id_secret=self.request_ids.source,
+            max_queued_requests=self.max_queued_requests,
+        )
 
 
 def client(tmp_path: Path, **settings: object) -> TestClient:
@@ -116,7 +152,9 @@ def test_labels_and_feedback_lists_are_bounded(tmp_path: Path) -> None:
         assert many.status_code == 413 and "at most 3 feedback items" in many.text
         empty = http.post("/v1/feedback", json=[])
         assert empty.status_code == 422
-        ok = http.post("/v1/feedback", json=[{"request_id": "r", "label": "x" * 256}] * 3)
+        issued = http.post(PREDICT, json={"instances": [{"income": 1, "age": 3}]})
+        rid = issued.json()["request_id"]
+        ok = http.post("/v1/feedback", json=[{"request_id": rid, "label": "x" * 256}] * 3)
         assert ok.json() == {"accepted": 3}
 
 

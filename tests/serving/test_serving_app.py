@@ -11,7 +11,6 @@ import time
 from collections import Counter
 
 import httpx
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from ray import serve
@@ -19,7 +18,9 @@ from ray import serve
 from driftloop.registry import CHALLENGER, CHAMPION
 from serving.app import ServeArgs, build_app
 from serving.launch import APP_NAME
-from tests.serving.conftest import ADMIN_KEY, Served, artifact_file
+from serving.router import SPLIT_TAG, SharedSplit, TrafficSplit
+from serving.security import REQUEST_ID_CHARS
+from tests.serving.conftest import ADMIN_KEY, Served, artifact_file, logged
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +87,7 @@ async def swap_under_load(served: Served, change) -> tuple[list[tuple[int, str]]
 def test_champion_answers_in_kserve_shape(served: Served) -> None:
     with served.client() as client:
         assert client.get("/healthz").json() == {"status": "alive"}
-        ready = client.get("/readyz")
+        ready = client.get("/readyz", headers=ADMIN)
         assert ready.status_code == 200
         assert ready.json()["champion"]["version"] == served.champion
         assert ready.json()["challenger"]["version"] == served.challenger
@@ -97,7 +98,7 @@ def test_champion_answers_in_kserve_shape(served: Served) -> None:
     assert response.headers["x-model-version"] == body["model_version"] == served.champion
     assert len(body["predictions"]) == len(body["probabilities"]) == 2
     assert all(math.isclose(sum(p), 1.0) for p in body["probabilities"])
-    assert len(body["request_id"]) == 32
+    assert len(body["request_id"]) == REQUEST_ID_CHARS
     assert body["ids"] == [None, None]
 
 
@@ -141,7 +142,7 @@ def test_bad_input_is_a_4xx_naming_the_problem(served: Served, case: str) -> Non
         assert named.lower() in response.text.lower()
         assert served_requests(client) == before  # nothing answered, nothing logged
         assert f'route="refused",status="{status}"' in client.get("/metrics").text
-        assert client.get("/readyz").status_code == 200  # the replica is still there
+        assert client.get("/readyz", headers=ADMIN).status_code == 200  # the replica is still there
 
 
 def test_unknown_model_is_a_404(served: Served) -> None:
@@ -194,13 +195,6 @@ def test_canary_share_and_sticky_keys(served: Served) -> None:
             routing(client, canary_weight=0.0)
 
 
-def read_log(served: Served, kind: str) -> pd.DataFrame:
-    """Published log files (the window is 2 s in tests; wait for the current one to close)."""
-    time.sleep(3.5)
-    log = served.settings.prediction_log if kind == "predictions" else served.settings.feedback_log
-    return pd.concat(log.read_parquet([f.name for f in log.files()]), ignore_index=True)
-
-
 def test_an_integer_beyond_int64_in_a_float_feature_is_logged_with_its_neighbours(
     served: Served,
 ) -> None:
@@ -221,11 +215,14 @@ def test_an_integer_beyond_int64_in_a_float_feature_is_logged_with_its_neighbour
     with served.client() as client:
         dropped = 'driftloop_prediction_log_dropped_total{kind="predictions"}'
         request_ids = asyncio.run(requests())
-        log = read_log(served, "predictions")
+        log = logged(
+            served.settings.prediction_log,
+            lambda f: f.request_id.isin(request_ids).sum() == 2 * len(request_ids),
+        )
         assert f"{dropped} 0.0" in client.get("/metrics").text.splitlines()
-    logged = log[log.request_id.isin(request_ids)]
-    assert len(logged) == 2 * len(request_ids)
-    assert logged.salary.max() == float(2**63)
+    mine = log[log.request_id.isin(request_ids)]
+    assert len(mine) == 2 * len(request_ids)
+    assert mine.salary.max() == float(2**63)
 
 
 def test_shadow_answers_with_champion_and_logs_both(served: Served) -> None:
@@ -239,7 +236,7 @@ def test_shadow_answers_with_champion_and_logs_both(served: Served) -> None:
                 ids.append(r.json()["request_id"])
         finally:
             routing(client, canary_weight=0.0, shadow=False)
-    log = read_log(served, "predictions")
+    log = logged(served.settings.prediction_log, lambda f: f.request_id.isin(ids).sum() == 40)
     mine = log[log.request_id.isin(ids)]
     routes = mine.groupby("request_id").route.apply(frozenset)
     assert len(routes) == 20 and set(routes) == {frozenset({"champion", "shadow"})}
@@ -251,23 +248,37 @@ def test_shadow_answers_with_champion_and_logs_both(served: Served) -> None:
     assert (mine.probability == [max(p) for p in mine.probabilities]).all()
 
 
-def test_feedback_is_logged(served: Served) -> None:
+def test_feedback_is_logged_for_issued_request_ids_only(served: Served) -> None:
+    """Feedback names an answer by its signed request id (or the instance's business id);
+    an id this deployment never issued is a 422 naming `request_id`, and nothing is logged."""
     with served.client() as client:
-        one = client.post("/v1/feedback", json={"request_id": "r-1", "label": 1})
-        pair = [{"request_id": "r-2", "label": 0}, {"request_id": "r-3", "label": 1}]
+        issued = [
+            client.post(PREDICT, json={"instances": [INSTANCE]}).json()["request_id"]
+            for _ in range(3)
+        ]
+        one = client.post("/v1/feedback", json={"request_id": issued[0], "label": 1})
+        pair = [{"request_id": issued[1], "label": 0}, {"request_id": issued[2], "label": 1}]
         many = client.post("/v1/feedback", json=pair)
         by_id = client.post("/v1/feedback", json={"id": "loan-5", "label": 0})
-        bad = client.post("/v1/feedback", json={"request_id": "r-4"})
+        bad = client.post("/v1/feedback", json={"request_id": issued[0]})
         both = client.post("/v1/feedback", json={"request_id": "r-4", "id": "l-4", "label": 1})
-    assert (one.json(), many.json(), by_id.json()) == (
+        forged = [{"request_id": "f" * 56, "label": 1}, {"request_id": "r-1", "label": 1}]
+        refused = client.post("/v1/feedback", json=forged)
+        replayed = client.post("/v1/feedback", json={"request_id": issued[0], "label": 0})
+    assert (one.json(), many.json(), by_id.json(), replayed.json()) == (
         {"accepted": 1},
         {"accepted": 2},
         {"accepted": 1},
+        {"accepted": 1},  # logged; the first label per request id is the one joined
     )
-    assert bad.status_code == both.status_code == 422
+    assert bad.status_code == both.status_code == refused.status_code == 422
     assert "label" in bad.text and "exactly one of 'request_id'" in both.text
-    log = read_log(served, "feedback")
-    assert {"r-1", "r-2", "r-3"} <= set(log.request_id)
+    assert [d["loc"] for d in refused.json()["detail"]] == [
+        ["body", 0, "request_id"],
+        ["body", 1, "request_id"],
+    ]
+    log = logged(served.settings.feedback_log, lambda f: set(issued) <= set(f.request_id))
+    assert not {"f" * 56, "r-1"} & set(log.request_id)
     assert log.loc[log.id == "loan-5", "request_id"].isna().all()
 
 
@@ -279,7 +290,7 @@ def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
     assert versions[0] == served.champion and versions[-1] == served.challenger
 
     with served.client() as client:
-        assert client.get("/readyz").json()["last_swap_ms"] < 1000
+        assert client.get("/readyz", headers=ADMIN).json()["last_swap_ms"] < 1000
         answers, _ = asyncio.run(
             swap_under_load(
                 served, lambda: client.post("/admin/rollback", headers=ADMIN).raise_for_status()
@@ -287,7 +298,7 @@ def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
         )
         assert {status for status, _ in answers} == {200}
         assert answers[-1][1] == served.champion
-        ready = client.get("/readyz").json()
+        ready = client.get("/readyz", headers=ADMIN).json()
         assert 'driftloop_serving_alerts_total{kind="rollback"}' in client.get("/metrics").text
         # A client retrying the rollback it timed out on must not put the bad model back.
         retried = client.post(
@@ -298,6 +309,20 @@ def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
     assert ready["champion"]["version"] == served.champion
     assert served.registry.by_alias(CHAMPION).version == served.champion
     served.registry.set_alias(CHALLENGER, served.challenger)  # the package's fixture state
+    audit = (served.settings.serving_dir / "audit.jsonl").read_text()
+    assert ADMIN_KEY not in audit
+    rollbacks = [
+        entry
+        for entry in map(json.loads, audit.splitlines())
+        if entry["action"] == "POST /admin/rollback" and entry["outcome"] == "200"
+    ]
+    first, retry = rollbacks[-2:]
+    assert (first["before"]["champion"], first["after"]["champion"]) == (
+        served.challenger,
+        served.champion,
+    )
+    assert retry["before"] == retry["after"]  # the retried call changed nothing
+    assert first["role"] == "admin" and len(first["key_id"]) == 8 and first["client"]
 
 
 def test_tampered_artifact_is_refused_and_old_version_keeps_answering(served: Served) -> None:
@@ -321,6 +346,73 @@ def test_tampered_artifact_is_refused_and_old_version_keeps_answering(served: Se
         model_file.write_bytes(original)
         served.registry.rollback()
         served.registry.set_alias(CHALLENGER, served.challenger)
+
+
+def state(client: httpx.Client) -> dict:
+    answer = client.get("/admin/state", headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def wait_for(condition, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_a_deleted_artifact_is_reported_retried_with_backoff_and_routing_still_arrives(
+    served: Served,
+) -> None:
+    """An artifact gone from the store (an MlflowException, which once escaped the load):
+    the champion keeps answering, the replica says why, retries with backoff rather than
+    every poll, and still follows a split another replica shared."""
+    registry = served.registry
+    artifacts = artifact_file(served.settings, registry, served.challenger).parent
+    aside = artifacts.with_name(artifacts.name + ".aside")
+    with served.client() as client:
+
+        def challenger() -> str | None:
+            loaded = client.get("/readyz", headers=ADMIN).json()["challenger"]
+            return loaded and loaded["version"]
+
+        # Settled first: a load begun before the alias went away would finish after it.
+        wait_for(lambda: challenger() == served.challenger)
+        registry.delete_alias(CHALLENGER)
+        wait_for(lambda: challenger() is None)
+        artifacts.rename(aside)
+        try:
+            started = time.monotonic()
+            registry.set_alias(CHALLENGER, served.challenger)
+            wait_for(lambda: state(client)["load_failures"])
+            (failure,) = state(client)["load_failures"]
+            assert (failure["alias"], failure["version"]) == ("challenger", served.challenger)
+            assert failure["reason"].startswith("MlflowException") and failure["retry_in_s"] > 1
+            r = client.post(PREDICT, json={"instances": [INSTANCE]})
+            assert r.status_code == 200 and r.headers["x-model-version"] == served.champion
+            events = (served.settings.serving_dir / "events.jsonl").read_text().splitlines()
+            event = json.loads(events[-1])
+            assert event["kind"] == "model_refused" and "could not be loaded" in event["message"]
+            assert f"@champion v{served.champion} answers meanwhile" in event["message"]
+            # Another replica's admin call, as the registry carries it: it still arrives.
+            split = SharedSplit(current=TrafficSplit(canary_weight=0.3), deployed=TrafficSplit())
+            registry.set_model_tag(SPLIT_TAG, split.model_dump_json())
+            wait_for(lambda: client.get("/readyz", headers=ADMIN).json()["canary_weight"] == 0.3)
+            wait_for(lambda: state(client)["load_failures"][0]["attempts"] >= 2)
+            polls = (time.monotonic() - started) / 0.2
+            failed = 'driftloop_model_swaps_total{alias="challenger",outcome="failed"}'
+            count = next(
+                float(line.rsplit(" ", 1)[1])
+                for line in client.get("/metrics").text.splitlines()
+                if line.startswith(failed)
+            )
+            assert 2 <= count <= state(client)["load_failures"][0]["attempts"] < polls / 3
+        finally:
+            aside.rename(artifacts)
+        reloaded = client.post("/admin/reload", headers=ADMIN).json()  # retry now
+        assert reloaded["challenger"]["version"] == served.challenger
+        assert state(client)["load_failures"] == []
+        routing(client, canary_weight=0.0)
 
 
 def test_openapi_fuzzing_finds_no_server_error(served: Served) -> None:
@@ -351,7 +443,9 @@ def test_admin_routing_reaches_every_replica(served: Served) -> None:
         with served.client() as client:
             routing(client, canary_weight=1.0)
             time.sleep(1)  # a few polls
-            weights = Counter(client.get("/readyz").json()["canary_weight"] for _ in range(40))
+            weights = Counter(
+                client.get("/readyz", headers=ADMIN).json()["canary_weight"] for _ in range(40)
+            )
             answers = Counter(
                 client.post(PREDICT, json={"instances": [INSTANCE]}).headers["x-model-version"]
                 for _ in range(40)
@@ -372,7 +466,7 @@ def test_mlflow_unreachable_still_serves_from_local_copy(served: Served) -> None
     serve.run(build_app(dead), name=APP_NAME, route_prefix="/")
     try:
         with served.client() as client:
-            ready = client.get("/readyz").json()
+            ready = client.get("/readyz", headers=ADMIN).json()
             assert ready["champion"] == {**ready["champion"], "source": "cache"}
             assert ready["champion"]["version"] == served.champion
             time.sleep(1)  # a few failed registry polls
@@ -380,4 +474,42 @@ def test_mlflow_unreachable_still_serves_from_local_copy(served: Served) -> None
             assert r.status_code == 200 and r.headers["x-model-version"] == served.champion
     finally:  # later tests expect the live registry behind the app again
         live = ServeArgs(home=str(served.settings.home), poll_interval_s=0.2)
+        serve.run(build_app(live), name=APP_NAME, route_prefix="/")
+
+
+def test_overload_is_a_503_with_retry_after_never_a_500_or_a_hang(served: Served) -> None:
+    """A replica holding at most 2 requests, under 32 concurrent clients: what it cannot
+    take is answered 503 with Retry-After at once and counted; the rest are answered."""
+    home = str(served.settings.home)
+    tight = ServeArgs(home=home, poll_interval_s=0.2, max_queued_requests=2)
+    serve.run(build_app(tight), name=APP_NAME, route_prefix="/")
+    try:
+
+        async def burst() -> list[tuple[int, str | None, float]]:
+            body = {"instances": [INSTANCE] * 200}
+            async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+
+                async def one() -> tuple[int, str | None, float]:
+                    started = time.perf_counter()
+                    r = await client.post(PREDICT, json=body)
+                    return (
+                        r.status_code,
+                        r.headers.get("retry-after"),
+                        time.perf_counter() - started,
+                    )
+
+                return await asyncio.gather(*(one() for _ in range(256)))
+
+        answers = asyncio.run(burst())
+        statuses = Counter(status for status, _, _ in answers)
+        assert set(statuses) == {200, 503}, statuses
+        assert {after for status, after, _ in answers if status == 503} == {"1"}
+        assert max(elapsed for _, _, elapsed in answers) < 10
+        with served.client() as client:
+            metrics = client.get("/metrics").text
+        shed = 'driftloop_shed_requests_total{reason="queue_full"}'
+        counted = [line for line in metrics.splitlines() if line.startswith(shed)]
+        assert counted == [f"{shed} {float(statuses[503])}"], (counted, statuses)
+    finally:
+        live = ServeArgs(home=home, poll_interval_s=0.2)
         serve.run(build_app(live), name=APP_NAME, route_prefix="/")

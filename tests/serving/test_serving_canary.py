@@ -114,7 +114,7 @@ def test_a_worse_challenger_is_rolled_back_and_serving_keeps_the_champion(
     tags = served.registry.version(served.challenger).tags
     assert tags["driftloop.canary.verdict"].startswith("rolled back: significantly worse")
     with served.client() as client:
-        ready = client.get("/readyz").json()
+        ready = client.get("/readyz", headers={"X-API-Key": ADMIN_KEY}).json()
         assert ready["canary_weight"] == 0.0
         answers = {
             client.post(PREDICT, json={"instances": [_instance()]}).headers["X-Model-Version"]

@@ -5,14 +5,11 @@ The champion is trained on scikit-learn's breast cancer table with cells blanked
 frame the model takes, so "reaches the model as missing" is checked, not assumed.
 """
 
-import time
-
 import numpy as np
-import pandas as pd
 import pytest
 
 from serving.model import frame_of
-from tests.serving.conftest import BLANKED, RealServed
+from tests.serving.conftest import BLANKED, RealServed, logged
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +23,6 @@ INSTANCE = {
     "large": True,
     "texture_band": "fine",
 }
-
-
-def read_log(real: RealServed, kind: str) -> pd.DataFrame:
-    """Published log files (the window is 2 s in tests; wait for the current one to close)."""
-    time.sleep(3.5)
-    settings = real.settings
-    log = settings.prediction_log if kind == "predictions" else settings.feedback_log
-    return pd.concat(log.read_parquet([f.name for f in log.files()]), ignore_index=True)
 
 
 def unseen_count(real: RealServed, feature: str) -> float:
@@ -115,11 +104,16 @@ def test_ids_unseen_categories_and_feedback_by_id(real_served: RealServed) -> No
     assert "request_id" in both.text and "'id'" in neither.text
     assert unseen_count(real_served, "texture_band") == before + 1
 
-    log = read_log(real_served, "predictions")
+    log = logged(
+        real_served.settings.prediction_log,
+        lambda f: (f.request_id == body["request_id"]).sum() == 3,
+    )
     mine = log[log.request_id == body["request_id"]].sort_values("index")
     assert mine["id"].tolist() == ["case-new-1", "42", None]
     assert mine["unseen"].tolist() == [None, "texture_band", None]
     assert [list(p) for p in mine["probabilities"]] == body["probabilities"]
     assert mine["texture_band"].tolist() == ["fine", "velvety", "fine"]
-    labels = read_log(real_served, "feedback")
+    labels = logged(
+        real_served.settings.feedback_log, lambda f: {"42", "case-new-1"} <= set(f["id"])
+    )
     assert sorted(labels["id"]) == ["42", "case-new-1"] and labels["request_id"].isna().all()

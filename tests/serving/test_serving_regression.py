@@ -6,14 +6,13 @@ pipeline's own `predict` on the frame the model takes, bit for bit.
 """
 
 import json
-import time
 
 import pandas as pd
 import pytest
 
 from driftloop.registry import CHALLENGER, CHAMPION
 from serving.model import frame_of
-from tests.serving.conftest import ADMIN_KEY, DIABETES_BLANKED, RegressionServed
+from tests.serving.conftest import ADMIN_KEY, DIABETES_BLANKED, RegressionServed, logged
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +22,6 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 
 def expected(model, rows: list[dict]) -> list[float]:
     return model.pipeline.predict(frame_of(rows, model.features)).tolist()
-
-
-def read_log(served: RegressionServed, kind: str) -> pd.DataFrame:
-    """Published log files (the window is 2 s in tests; wait for the current one to close)."""
-    time.sleep(3.5)
-    settings = served.settings
-    log = settings.prediction_log if kind == "predictions" else settings.feedback_log
-    return pd.concat(log.read_parquet([f.name for f in log.files()]), ignore_index=True)
 
 
 def routing(served: RegressionServed, **change: object) -> None:
@@ -46,7 +37,7 @@ def test_a_regressor_answers_its_pipelines_predictions(regression_served: Regres
     rows = served.holdout[:40]
     assert any(row[name] is None for row in rows for name in DIABETES_BLANKED)
     with served.client() as client:
-        ready = client.get("/readyz").json()
+        ready = client.get("/readyz", headers=ADMIN).json()
         response = client.post(
             PREDICT, json={"instances": [{**row, "id": f"p-{i}"} for i, row in enumerate(rows)]}
         )
@@ -124,18 +115,23 @@ def test_predictions_and_observed_values_are_logged_exactly(
         ]
         accepted = client.post("/v1/feedback", json=feedback).json()
     assert accepted == {"accepted": 4}
-    log = read_log(served, "predictions")
+    log = logged(
+        served.settings.prediction_log, lambda f: (f.request_id == answer["request_id"]).sum() == 5
+    )
     mine = log[log.request_id == answer["request_id"]].sort_values("index")
     assert [float(p) for p in mine.prediction] == answer["predictions"]
     assert mine.prediction.tolist() == [repr(p) for p in answer["predictions"]]
     assert mine.probability.isna().all() and mine.probabilities.isna().all()
     assert set(mine.route) == {"champion"} and mine.unseen.isna().all()
-    labels = read_log(served, "feedback")
-    logged = labels[
-        labels.request_id.eq(answer["request_id"]) | labels.id.isin(["p-1", "p-2", "p-3"])
-    ]
-    assert logged.label.tolist() == [repr(float(v)) for v in observed]
-    assert [float(v) for v in logged.label] == [float(v) for v in observed]
+
+    def mine_of(labels: pd.DataFrame) -> pd.DataFrame:
+        return labels[
+            labels.request_id.eq(answer["request_id"]) | labels.id.isin(["p-1", "p-2", "p-3"])
+        ]
+
+    labels = mine_of(logged(served.settings.feedback_log, lambda f: len(mine_of(f)) == 4))
+    assert labels.label.tolist() == [repr(float(v)) for v in observed]
+    assert [float(v) for v in labels.label] == [float(v) for v in observed]
 
 
 def test_canary_and_shadow_serve_the_challenger_regressor(
@@ -165,8 +161,12 @@ def test_canary_and_shadow_serve_the_challenger_regressor(
         expected(served.champion, [r])[0] for r in rows
     ]
 
-    log = read_log(served, "predictions")
-    mine = log[log.request_id.isin([a["request_id"] for a in answers])]
+    ids = [a["request_id"] for a in answers]
+    log = logged(
+        served.settings.prediction_log,
+        lambda f: (f.request_id.isin(ids) & f.route.eq("shadow")).sum() == len(rows),
+    )
+    mine = log[log.request_id.isin(ids)]
     shadow = mine[mine.route == "shadow"].set_index("request_id")
     assert len(shadow) == len(rows) and set(shadow.model_version) == {served.challenger.version}
     assert [float(shadow.prediction[a["request_id"]]) for a in answers] == [

@@ -4,6 +4,7 @@ local folder and on an S3 prefix alike."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -19,14 +20,26 @@ def feedback(request_id: str) -> dict[str, object]:
     return {"request_id": request_id, "id": None, "at": datetime.now(UTC), "label": "1"}
 
 
-def test_window_files_are_published_whole_and_read_back(folder: Folder) -> None:
+def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_records_are_published_each_flush_and_folded_when_the_window_ends(
+    folder: Folder,
+) -> None:
     dropped: list[int] = []
     log = ParquetLog(folder, FEEDBACK_SCHEMA, "w1", 3600, 10, dropped.append, 0.05)
     log.append([feedback(f"r{i}") for i in range(4)])
-    time.sleep(0.5)  # flushed into the open window file, which is not published yet
-    assert folder.files() == [] and read_log(folder).empty
+    # Within a flush interval, not at the window's end: a crash now loses none of them.
+    wait_until(lambda: len(read_log(folder)) == 4)
+    (segment,) = folder.files()
+    assert segment.name.endswith("-w1.000000.parquet")
     log.append([feedback(f"r{i}") for i in range(4, 16)])  # 2 over capacity: dropped
-    log.close()
+    wait_until(lambda: len(folder.files()) == 2)
+    log.close()  # folds the window's segments into one file
     (published,) = folder.files()
     assert published.name.endswith("-w1.parquet")
     assert sorted(read_log(folder)["request_id"]) == sorted(f"r{i}" for i in range(14))
