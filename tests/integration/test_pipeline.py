@@ -36,7 +36,8 @@ def registry_of(settings: Settings) -> Registry:
 
 def stored_model_dir(settings: Settings, version: str) -> Path:
     """The logged model's folder in the artifact store, found without our download code."""
-    client = MlflowClient(settings.mlflow_tracking_uri)
+    uri = settings.mlflow_tracking_uri  # its registry too: not the process-wide one
+    client = MlflowClient(uri, registry_uri=uri)
     source = client.get_model_version(settings.model_name, version).source  # models:/<id>
     model_id = source.removeprefix("models:/")
     return Path(urlparse(client.get_logged_model(model_id).artifact_location).path)
