@@ -117,7 +117,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         "DRIFTLOOP_ADMIN_API_KEY": ADMIN_KEY,
         "DRIFTLOOP_SERVE_PORT": str(free_port()),
         "DRIFTLOOP_PREDICTION_LOG_WINDOW_S": "2",
-        "DRIFTLOOP_MONITOR_WINDOW_S": "60",
+        # every labelled row of the module in the window, however slow the machine is
+        "DRIFTLOOP_MONITOR_WINDOW_S": "900",
         "DRIFTLOOP_MONITOR_MIN_ROWS": "100",
         "DRIFTLOOP_RETRAIN_MIN_ROWS": "500",
         "DRIFTLOOP_RETRAIN_COOLDOWN_S": "0",
