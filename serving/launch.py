@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,6 +52,11 @@ LOCAL_DRAINING_PERIOD_S = "10"
 # reserves 30% of RAM for it.
 OBJECT_STORE_BYTES = 256 * 2**20
 LOCALHOST = "127.0.0.1"
+HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
+# Chosen ports start here: above the well-known and common service ports.
+FIRST_CHOSEN_PORT = 20000
+EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
+_picked_ports: dict[str, str] = {}
 
 _node: Node | None = None
 
@@ -91,13 +97,22 @@ def serve_env(settings: Settings, haproxy: bool) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_NBTHREAD": "1",
         # Its metrics and stats listeners default to fixed ports (9101, 8404): take free
         # ones so a second driftloop on the machine (a test, a benchmark) can start too.
-        "RAY_SERVE_HAPROXY_METRICS_PORT": os.environ.get(
-            "RAY_SERVE_HAPROXY_METRICS_PORT", str(_free_port())
-        ),
-        "RAY_SERVE_HAPROXY_STATS_PORT": os.environ.get(
-            "RAY_SERVE_HAPROXY_STATS_PORT", str(_free_port())
-        ),
+        **{variable: _operator_or_free_port(variable) for variable in HAPROXY_PORT_VARIABLES},
     }
+
+
+def _operator_or_free_port(variable: str) -> str:
+    """The operator's port if they set one, else a port free now.
+
+    The value this module wrote into the environment at an earlier start is not the
+    operator's: reusing it kept one port for a whole process, and by the next start another
+    process held it (HAProxy then failed to bind, "Address already in use").
+    """
+    given = os.environ.get(variable)
+    if given is not None and given != _picked_ports.get(variable):
+        return given
+    _picked_ports[variable] = str(free_port())
+    return _picked_ports[variable]
 
 
 def tls_options(settings: Settings) -> dict[str, str]:
@@ -120,10 +135,32 @@ def tls_options(settings: Settings) -> dict[str, str]:
     return {"ssl_certfile": cert, "ssl_keyfile": key}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_port() -> int:
+    """A TCP port nothing listens on, chosen below the kernel's ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 returns) can be handed to any
+    outgoing connection between the moment it is chosen and the moment the listener binds
+    it; Ray opens hundreds of connections while it starts. Ports below the range are only
+    ever taken by listeners that ask for them.
+    """
+    low = _ephemeral_range_start()
+    for _ in range(100):
+        candidate = random.randrange(FIRST_CHOSEN_PORT, low) if low > FIRST_CHOSEN_PORT else 0
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    raise OSError(f"no free TCP port between {FIRST_CHOSEN_PORT} and {low}")
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        return int(Path(EPHEMERAL_RANGE_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return FIRST_CHOSEN_PORT  # unknown (not Linux): let the kernel choose
 
 
 def start(

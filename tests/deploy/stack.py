@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import psycopg2
 import yaml
 from botocore.client import BaseClient
 
+from serving.launch import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DATABASES = ("dagster", "mlflow", "optuna")
@@ -39,12 +40,6 @@ AWS_ENV = {
 # Only what the in-process tests can run: runs are executed in-process, so the container
 # run launcher (dagster-docker, not installed here) is never asked to launch anything.
 NOT_LOADED_HERE = ("run_launcher",)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str:

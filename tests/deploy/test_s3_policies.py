@@ -21,7 +21,7 @@ import botocore.exceptions
 import pytest
 
 from driftloop.storage import Folder
-from tests.deploy.stack import free_port
+from serving.launch import free_port
 
 POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "minio"
 USERS = ("dagster", "serving", "mlflow")

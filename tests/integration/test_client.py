@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import ipaddress
 import json
-import socket
 import ssl
 import threading
 import time
@@ -54,16 +53,10 @@ class Live:
     labels: pd.Series
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live(trained_home: Settings) -> Iterator[Live]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DRIFTLOOP_SERVE_PORT", str(_free_port()))
+        patch.setenv("DRIFTLOOP_SERVE_PORT", str(launch.free_port()))
         patch.setenv("DRIFTLOOP_ADMIN_API_KEY", ADMIN_KEY)
         patch.setenv("DRIFTLOOP_SERVE_MAX_INSTANCES", str(SERVER_MAX_INSTANCES))
         settings = load_settings()

@@ -27,8 +27,8 @@ from pipelines.launch import ingest_pending, prepare_dagster_home
 from pipelines.resources import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
 from serving import launch
 from serving.app import ServeArgs
+from serving.launch import free_port
 from tests.conftest import FAST_ENV, land, train
-from tests.deploy.stack import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

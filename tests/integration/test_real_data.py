@@ -9,7 +9,6 @@ the same split, and the served answers must be the registered pipeline's own.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,16 +67,10 @@ CASES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def serve_port() -> Iterator[int]:
     """One port for the module's Ray instance, which serves each home in turn."""
-    port = _free_port()
+    port = launch.free_port()
     yield port
     # Any home's settings find the node this module started.
     launch.stop(load_settings())

@@ -8,7 +8,6 @@ no process it started is left, checked by PID and by every process's environment
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,12 +28,6 @@ from tests.conftest import land, train
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Output:
@@ -100,7 +93,7 @@ def test_up_waits_for_a_champion_serves_and_leaves_nothing_after_sigterm(
     # start without a champion and begin serving when one is promoted, as the gate does.
     registry = Registry(home.mlflow_tracking_uri, home.model_name)
     registry.delete_alias(CHAMPION)
-    ports = {name: _free_port() for name in ("DAGSTER", "MLFLOW", "SERVE")}
+    ports = {name: launch.free_port() for name in ("DAGSTER", "MLFLOW", "SERVE")}
     env = {
         **os.environ,
         **{f"DRIFTLOOP_{name}_PORT": str(port) for name, port in ports.items()},

@@ -9,7 +9,6 @@ beside the loans on the same Ray, half a CPU each.
 import contextlib
 import dataclasses
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -82,19 +81,13 @@ class Served:
         return httpx.Client(base_url=self.url, timeout=30)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="package")
 def serving_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Environment for the whole package: a fresh home, fast training, an admin key."""
     saved = dict(os.environ)
     os.environ.pop("DAGSTER_HOME", None)
     os.environ["DRIFTLOOP_HOME"] = str(tmp_path_factory.mktemp("serving") / "home")
-    os.environ["DRIFTLOOP_SERVE_PORT"] = str(_free_port())
+    os.environ["DRIFTLOOP_SERVE_PORT"] = str(launch.free_port())
     os.environ.update(SERVE_ENV)
     try:
         yield load_settings()

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from driftloop.settings import Settings
-from serving.launch import tls_options
-from tests.serving.conftest import ADMIN_KEY, Served, _free_port
+from serving.launch import free_port, tls_options
+from tests.serving.conftest import ADMIN_KEY, Served
 from tests.serving.test_serving_app import INSTANCE, PREDICT
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ def test_serving_answers_https_with_the_configured_certificate(
     leaves this package's HAProxy alone), with TLS: predictions over https, verified
     against the self-signed certificate; plain http on that port gets no answer."""
     cert, key = self_signed(tmp_path)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DRIFTLOOP_HOME": str(tmp_path / "home"),
