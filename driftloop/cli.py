@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _UNREACHABLE = re.compile(r"Connection refused|Max retries exceeded|Failed to establish")
+STATUS_AUDIT_ENTRIES = 10  # the newest admin actions `status` shows (all: the Dagster UI)
 
 
 def _one_line(error: Exception) -> str:
@@ -230,10 +231,19 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  excluded {column['name']!r} ({column['role']}): {column['reason']}")
     print(f"last ingest: {report['last_ingest']}")
     print(f"last run: {report['last_run']}")
+    audit = report["audit"]
+    print(f"admin actions (newest {STATUS_AUDIT_ENTRIES}):" if audit else "admin actions: -")
+    for entry in audit:
+        who = f"{entry.get('role') or 'unknown'} key {entry.get('key_id') or '-'}"
+        print(
+            f"  {entry.get('at')}  {entry.get('action')} -> {entry.get('outcome')}  "
+            f"{who} from {entry.get('client') or '-'}"
+        )
     return 0
 
 
 def status_report(settings: Settings) -> dict[str, Any]:
+    from driftloop.audit import AuditTrail
     from driftloop.data import BatchStore
     from driftloop.registry import Registry, configure_tracking
     from driftloop.schema import load_schema
@@ -263,6 +273,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
         )
     schema = load_schema(settings.schema_path)
     keys = BatchStore(settings.batches).keys()
+    audit = AuditTrail(settings.audit_log)
     last_ingest = None
     if keys:
         path = BatchStore(settings.batches).path(keys[-1])
@@ -278,6 +289,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
         "dataset": _dataset(schema, settings),
         "last_ingest": last_ingest,
         "last_run": _last_run(settings),
+        "audit": [entry.fields for entry in audit.read(limit=STATUS_AUDIT_ENTRIES)],
     }
 
 

@@ -389,6 +389,11 @@ class Settings(BaseSettings):
         return self._serving_log.child("feedback")
 
     @property
+    def audit_log(self) -> Folder:
+        """Admin actions and refused attempts on the serving endpoint (`driftloop.audit`)."""
+        return self._serving_log.child("audit")
+
+    @property
     def _serving_log(self) -> Folder:
         return Folder(self.prediction_log_dir or self.home / "predictions", self.s3_endpoint_url)
 

@@ -2,8 +2,9 @@
 
 import dagster as dg
 
-from assets import canary, ingestion, monitoring, registry, training
+from assets import canary, ingestion, monitoring, registry, serving, training
 from driftloop.settings import Settings, load_settings
+from pipelines.audit_sensor import audit_sensor
 from pipelines.jobs import canary_job, ingest_job, monitoring_job, training_job
 from pipelines.monitor_sensors import (
     canary_sensor,
@@ -20,7 +21,9 @@ from pipelines.sensors import landing_sensor
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions.merge(
         dg.Definitions(
-            assets=dg.load_assets_from_modules([ingestion, training, registry, monitoring, canary]),
+            assets=dg.load_assets_from_modules(
+                [ingestion, training, registry, monitoring, canary, serving], include_specs=True
+            ),
             asset_checks=dg.load_asset_checks_from_modules(
                 [ingestion, training, registry, monitoring, canary]
             ),
@@ -34,6 +37,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 drift_sensor(settings),
                 quality_sensor(settings),
                 canary_sensor(settings),
+                audit_sensor(settings),
                 run_failure_alert,
             ],
             resources=build_resources(settings),

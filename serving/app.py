@@ -38,6 +38,7 @@ from ray.serve.config import BackpressureConfig
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from driftloop.audit import AuditTrail
 from driftloop.registry import (
     CHALLENGER,
     CHAMPION,
@@ -264,7 +265,7 @@ class ModelServer:
         self.metrics = ServingMetrics()
         self.keys = KeyRing.of(self.settings)
         self.request_ids = RequestIds.of(self.settings)
-        self.audit = AuditLog(self.settings.serving_dir / "audit.jsonl")
+        self.audit = AuditLog(AuditTrail(self.settings.audit_log))
         self.max_queued_requests = (
             args.max_queued_requests or self.settings.serve_max_queued_requests
         )

@@ -12,26 +12,26 @@
   a restart: write the new key beside the old one, move the clients, remove the old line.
   A `feedback` key, when set, is what `/v1/feedback` asks for. A key is at least 32
   characters; a shorter one refuses to start (in one sentence, without the key).
-- **The audit log.** One JSON line per admin action (and per refused attempt) under the
-  serving home: time, role, key id (the first 8 hex digits of the key's SHA-256, never the
-  key), action, before/after, outcome, client address.
+- **The audit log.** One entry per admin action (and per refused attempt) in the audit
+  trail beside the prediction log (`driftloop.audit`): time, role, key id (the first 8 hex
+  digits of the key's SHA-256, never the key), action, before/after, outcome, client
+  address. `driftloop status` and the Dagster asset `serving_admin_audit` show it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import SecretStr
 
+from driftloop.audit import AuditTrail
 from driftloop.settings import MIN_ADMIN_KEY_CHARS, Settings, WeakAdminKey
 
 logger = logging.getLogger("ray.serve")
@@ -53,6 +53,7 @@ MAC_BYTES = 16  # 128 bits of HMAC-SHA256: forging one is as hard as guessing a 
 REQUEST_ID_CHARS = 2 * (NONCE_BYTES + MAC_BYTES)
 SECRET_FILE = "request_id.secret"  # under the serving home, when no secret is configured
 MIN_SECRET_CHARS = 32
+REFUSAL_OUTCOMES = frozenset({"401", "403"})
 
 
 class WeakSecret(WeakAdminKey):
@@ -244,11 +245,10 @@ class KeyRing:
 
 
 class AuditLog:
-    """Admin actions as JSON lines, appended with one write each (replicas sharing a home
-    append to one file without interleaving)."""
+    """Admin actions and refused attempts, in the shared audit trail (`driftloop.audit`)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, trail: AuditTrail) -> None:
+        self.trail = trail
 
     def record(
         self,
@@ -262,27 +262,19 @@ class AuditLog:
         after: Any = None,
         presented_key_id: str | None = None,
     ) -> None:
-        entry = {
-            "at": datetime.now(UTC).isoformat(),
-            "action": action,
-            "outcome": outcome,
-            "role": caller.role if caller else None,
-            "key_id": caller.key_id if caller else presented_key_id,
-            "client": client,
-            "forwarded_for": forwarded_for,
-            "before": before,
-            "after": after,
-        }
-        line = (json.dumps(entry, default=str) + "\n").encode()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(descriptor, line)
-            finally:
-                os.close(descriptor)
-        except OSError:
-            logger.exception("could not append to the audit log %s", self.path)
+        self.trail.append(
+            {
+                "action": action,
+                "outcome": outcome,
+                "role": caller.role if caller else None,
+                "key_id": caller.key_id if caller else presented_key_id,
+                "client": client,
+                "forwarded_for": forwarded_for,
+                "before": before,
+                "after": after,
+            },
+            refusal=outcome in REFUSAL_OUTCOMES,
+        )
 
 
 def _checked(key: str, where: str) -> str:

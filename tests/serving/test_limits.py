@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from driftloop.audit import AuditTrail
 from driftloop.settings import Settings, WeakAdminKey
 from serving.app import ServeArgs, build_api, build_app
 from serving.metrics import ServingMetrics
@@ -42,7 +43,7 @@ class StandIn:
         self.request_models = build_request_models(FEATURES, settings.serve_max_instances)
         self.keys = KeyRing.of(settings)
         self.request_ids = RequestIds.of(settings)
-        self.audit = AuditLog(settings.serving_dir / "audit.jsonl")
+        self.audit = AuditLog(AuditTrail(settings.audit_log))
         self.max_queued_requests = settings.serve_max_queued_requests
         self.labels: list[FeedbackItem] = []
         self.refused: set[tuple[str, str]] = set()

@@ -4,14 +4,15 @@ the real FastAPI routes without Ray (the stand-in server of `test_limits`)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from driftloop.audit import AuditTrail
 from driftloop.settings import Settings
+from driftloop.storage import Folder
 from serving.app import ServeArgs, _redacted, build_api, build_app
 from serving.security import REQUEST_ID_CHARS, SECRET_FILE, RequestIds, WeakSecret
 from tests.serving.test_limits import PREDICT, StandIn
@@ -26,6 +27,16 @@ def serve(tmp_path: Path, **settings: object) -> tuple[TestClient, StandIn]:
     """The routes over settings of this test only (never the package's admin key)."""
     server = StandIn(Settings(**{"home": tmp_path, "admin_api_key": None, **settings}))
     return TestClient(build_api(server)), server  # type: ignore[arg-type]
+
+
+def audit_folder(home: Path) -> Folder:
+    return Settings(home=home).audit_log
+
+
+def audit_text(home: Path) -> str:
+    """Every byte of the audit trail, to look for secrets in it."""
+    folder = audit_folder(home)
+    return "".join(folder.read_bytes(f.name).decode() for f in folder.files())
 
 
 def issued(http: TestClient) -> str:
@@ -141,7 +152,7 @@ def test_admin_keys_rotate_through_their_file_without_a_restart(
         assert http.post("/admin/reload", headers={"X-API-Key": new}).status_code == 200
         keys.write_text("too-short\n")  # a bad rotation keeps the keys that were valid
         assert http.post("/admin/reload", headers={"X-API-Key": new}).status_code == 200
-        assert "too-short" not in (tmp_path / "serving" / "audit.jsonl").read_text()
+        assert "too-short" not in audit_text(tmp_path)
     keys.write_text("too-short\n")
     with pytest.raises(WeakSecret, match="DRIFTLOOP_ADMIN_API_KEY_FILE line 1") as error:
         serve(tmp_path, admin_api_key_file=str(keys))
@@ -161,9 +172,9 @@ def test_every_admin_action_is_audited_without_the_key(tmp_path: Path) -> None:
         http.post("/admin/reload", headers={"X-API-Key": "w" * 40})
         http.post("/admin/reload", headers={"X-API-Key": VIEWER})
         http.post("/admin/reload")
-    text = (tmp_path.resolve() / "serving" / "audit.jsonl").read_text()
+    text = audit_text(tmp_path)
     assert ADMIN not in text and VIEWER not in text and "w" * 40 not in text
-    done, wrong, viewer, missing = map(json.loads, text.splitlines())
+    done, wrong, viewer, missing = (e.fields for e in AuditTrail(audit_folder(tmp_path)).read())
     assert done["action"] == "POST /admin/reload" and done["outcome"] == "200"
     assert (
         done["role"] == "admin" and done["key_id"] == hashlib.sha256(ADMIN.encode()).hexdigest()[:8]

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from ray import serve
 
+from driftloop.audit import AuditTrail
 from driftloop.registry import CHALLENGER, CHAMPION
 from serving.app import ServeArgs, build_app
 from serving.launch import APP_NAME
@@ -309,11 +310,11 @@ def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
     assert ready["champion"]["version"] == served.champion
     assert served.registry.by_alias(CHAMPION).version == served.champion
     served.registry.set_alias(CHALLENGER, served.challenger)  # the package's fixture state
-    audit = (served.settings.serving_dir / "audit.jsonl").read_text()
-    assert ADMIN_KEY not in audit
+    audit = [entry.fields for entry in AuditTrail(served.settings.audit_log).read()]
+    assert ADMIN_KEY not in json.dumps(audit)
     rollbacks = [
         entry
-        for entry in map(json.loads, audit.splitlines())
+        for entry in audit
         if entry["action"] == "POST /admin/rollback" and entry["outcome"] == "200"
     ]
     first, retry = rollbacks[-2:]

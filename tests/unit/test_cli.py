@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from driftloop.cli import UserError, _one_line, main
+from driftloop.audit import AuditTrail
+from driftloop.cli import STATUS_AUDIT_ENTRIES, UserError, _one_line, main
 from driftloop.schema import DatasetSchema, ExcludedColumn, FeatureSpec
 from driftloop.settings import Settings, redacted
+from serving.security import AuditLog
 
 
 def error_of(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
@@ -150,3 +152,19 @@ def test_a_store_password_never_reaches_the_terminal(
         redacted("postgresql+psycopg2://u:p@db:5432/x") == "postgresql+psycopg2://u:***@db:5432/x"
     )
     assert redacted("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_status_shows_the_newest_admin_actions(home: Settings, capsys) -> None:
+    log = AuditLog(AuditTrail(home.audit_log))  # the writer serving uses
+    for number in range(STATUS_AUDIT_ENTRIES + 2):
+        log.record(
+            action="POST /admin/reload", outcome=str(200 + number), caller=None, client="10.0.0.9"
+        )
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert f"admin actions (newest {STATUS_AUDIT_ENTRIES}):" in out
+    assert "POST /admin/reload -> 211  unknown key - from 10.0.0.9" in out
+    assert "-> 201 " not in out  # older than the newest ten
+    assert main(["status", "--json"]) == 0
+    audit = json.loads(capsys.readouterr().out)["audit"]
+    assert [entry["outcome"] for entry in audit] == [str(200 + n) for n in range(2, 12)]
