@@ -425,6 +425,7 @@ def supervise(settings: Settings, serving: bool) -> int:
     """Start the loop's servers in order, print where they answer, watch them until
     Ctrl-C/SIGTERM or a failure, then stop every one of them."""
     from driftloop.registry import configure_tracking
+    from driftloop.serving_client import serving_verify
     from driftloop.supervisor import ChildFailed, Supervisor, loop_env, port_in_use, services
     from pipelines.launch import prepare_dagster_home
 
@@ -443,7 +444,7 @@ def supervise(settings: Settings, serving: bool) -> int:
                 f"set DRIFTLOOP_{ports[name]}_PORT"
             )
     _print_settings(settings)
-    supervisor = Supervisor(settings.logs, loop_env(settings))
+    supervisor = Supervisor(settings.logs, loop_env(settings), serving_verify(settings))
     # `kill`, systemd and Kubernetes stop with SIGTERM: it takes Ctrl-C's way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     code = 0

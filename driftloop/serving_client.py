@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
 
 from driftloop.settings import Settings
+
+PEM_BEGIN = "-----BEGIN"
+
+
+def serving_verify(settings: Settings) -> ssl.SSLContext | bool:
+    """How a caller checks serving's certificate: against `serving_ca` when set, else the
+    system's trust store plus serving's own certificate when this machine serves TLS (a
+    self-signed certificate is its own CA)."""
+    trusted = settings.serving_ca or settings.serve_tls_certfile
+    if not trusted:
+        return True
+    context = ssl.create_default_context()
+    if trusted.lstrip().startswith(PEM_BEGIN):
+        context.load_verify_locations(cadata=trusted)
+    else:
+        context.load_verify_locations(cafile=trusted)
+    return context
 
 
 class ServingError(Exception):
@@ -18,6 +36,7 @@ class ServingAdmin:
         key = settings.admin_api_key
         self._client = httpx.Client(
             base_url=settings.serving_url,
+            verify=serving_verify(settings),
             headers={"X-API-Key": key.get_secret_value()} if key else {},
             timeout=timeout_s,
         )

@@ -452,6 +452,13 @@ class Settings(BaseSettings):
     serve_tls_keyfile: str | None = Field(
         default=None, description="PEM private key of `serve_tls_certfile`."
     )
+    serving_ca: str | None = Field(
+        default=None,
+        description="CA certificate(s) the canary job, the CLI and `up` trust for an https "
+        "serving URL: a PEM file's path, or the PEM text itself (what a run container gets "
+        "through its environment); unset: the system's trust store (and a self-signed "
+        "`serve_tls_certfile`, which is its own CA).",
+    )
 
 
 def _is_http_url(url: str) -> bool:

@@ -18,6 +18,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -83,8 +84,11 @@ class _Child:
 class Supervisor:
     """The child processes of one command, each in its own session with its own log."""
 
-    def __init__(self, logs: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self, logs: Path, env: Mapping[str, str], verify: ssl.SSLContext | bool = True
+    ) -> None:
         self.logs, self.env = logs, dict(env)
+        self.verify = verify  # for health URLs over https (serving with TLS)
         self.children: list[_Child] = []
 
     def start(
@@ -129,7 +133,7 @@ class Supervisor:
         child = next(c for c in self.children if c.name == name)
         assert child.health_url is not None, f"{name} has no health URL"
         deadline = time.monotonic() + timeout_s
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=5, verify=self.verify) as client:
             while True:
                 self.check()
                 with contextlib.suppress(httpx.HTTPError):
@@ -328,7 +332,8 @@ def loop_env(settings: Settings, base: Mapping[str, str] | None = None) -> dict[
 
 
 def serve_url(settings: Settings) -> str:
-    return f"http://{settings.serve_host}:{settings.serve_port}"
+    scheme = "https" if settings.serve_tls_certfile else "http"
+    return f"{scheme}://{settings.serve_host}:{settings.serve_port}"
 
 
 def services(settings: Settings, dagster_home: Path) -> dict[str, Service]:

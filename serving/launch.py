@@ -115,6 +115,11 @@ def _operator_or_free_port(variable: str) -> str:
     return _picked_ports[variable]
 
 
+def proxy_options(settings: Settings) -> dict[str, object]:
+    """Ray Serve's `http_options` for our host, port and TLS (checked before Ray starts)."""
+    return {"host": settings.serve_host, "port": settings.serve_port, **tls_options(settings)}
+
+
 def tls_options(settings: Settings) -> dict[str, str]:
     """Ray's `http_options` for TLS (both files, or neither), checked before Ray starts."""
     given = {
@@ -174,7 +179,8 @@ def start(
     from ray._private.node import Node
     from ray._private.parameter import RayParams
 
-    tls = tls_options(settings)
+    options = proxy_options(settings)
+    tls = "ssl_certfile" in options
     haproxy = haproxy and not tls
     env = serve_env(settings, haproxy)
     os.environ.update(env)
@@ -194,7 +200,7 @@ def start(
         )
         _node = Node(params, head=True, shutdown_at_exit=True, spawn_reaper=True)
         ray.init(address=_node.address, runtime_env={"env_vars": env}, log_to_driver=False)
-    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_port, **tls})
+    serve.start(http_options=options)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
     return f"{'https' if tls else 'http'}://{settings.serve_host}:{settings.serve_port}"
 

@@ -34,6 +34,7 @@ DAGSTER_SETTINGS = (
     "ignore_columns",
     "promotion_policy",
     "serving_url",
+    "serving_ca",
     "admin_api_key",
     "alert_webhook_url",
     "alert_format",

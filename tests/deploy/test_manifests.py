@@ -413,8 +413,12 @@ def promtool() -> str:
 
 @pytest.mark.parametrize(
     "check",
-    [("check", "config", "prometheus.yml"), ("test", "rules", "alerts_test.yml")],
-    ids=["config is valid", "alert rules fire on recorded series"],
+    [
+        ("check", "config", "prometheus.yml"),
+        ("check", "config", "prometheus.tls.yml"),
+        ("test", "rules", "alerts_test.yml"),
+    ],
+    ids=["config is valid", "TLS config is valid", "alert rules fire on recorded series"],
 )
 def test_promtool_accepts_the_prometheus_files(check: tuple[str, ...]) -> None:
     result = subprocess.run(
@@ -462,3 +466,76 @@ def test_dashboard_panels_use_the_provisioned_datasource() -> None:
         assert needed in titles
     for panel in dashboard["panels"]:
         assert panel["datasource"]["uid"] == uid, panel["title"]
+
+
+# --- TLS -----------------------------------------------------------------------------------
+
+TLS_OVERLAY = yaml.safe_load((DEPLOY / "docker-compose.tls.yaml").read_text())
+RAY_SERVICES = ("ray-head", "ray-worker")
+DAGSTER_SERVICES = ("user-code", "webserver", "daemon")
+
+
+def test_the_compose_head_starts_proxies_through_ours_before_deploying() -> None:
+    """`serve start` has no TLS flags: the head starts Serve's proxies with
+    `serving.cluster_proxies` (tested on a real cluster in tests/serving/test_tls.py)."""
+    command = " ".join(COMPOSE["services"]["ray-head"]["command"])
+    assert "serve start" not in command
+    assert command.index("python -m serving.cluster_proxies") < command.index("serve deploy")
+    env = compose_env("ray-head")
+    assert (env["DRIFTLOOP_SERVE_HOST"], env["DRIFTLOOP_SERVE_PORT"]) == ("0.0.0.0", "8000")
+
+
+def test_the_tls_overlay_gives_every_ray_node_the_certificate_as_secrets() -> None:
+    secrets = TLS_OVERLAY["secrets"]
+    for name in ("serving_tls_cert", "serving_tls_key"):
+        assert COMPOSE_REQUIRED.fullmatch(secrets[name]["file"]), name  # no default file
+    for service in RAY_SERVICES:
+        overlay = TLS_OVERLAY["services"][service]
+        assert service in COMPOSE["services"]
+        assert set(overlay["secrets"]) == {"serving_tls_cert", "serving_tls_key"}
+        env = overlay["environment"]
+        assert env["DRIFTLOOP_SERVE_TLS_CERTFILE"] == "/run/secrets/serving_tls_cert"
+        assert env["DRIFTLOOP_SERVE_TLS_KEYFILE"] == "/run/secrets/serving_tls_key"
+    health = " ".join(TLS_OVERLAY["services"]["ray-head"]["healthcheck"]["test"])
+    assert "https://localhost:8000/-/healthz" in health and "serving_tls_cert" in health
+
+
+def test_the_tls_overlay_points_dagster_at_https_with_the_ca() -> None:
+    for service in DAGSTER_SERVICES:
+        env = TLS_OVERLAY["services"][service]["environment"]
+        assert env["DRIFTLOOP_SERVING_URL"] == "https://ray-head:8000"
+        assert COMPOSE_REQUIRED.fullmatch(env["DRIFTLOOP_SERVING_CA"])
+        assert "DRIFTLOOP_SERVING_CA" in COMPOSE["services"][service]["environment"]
+    assert "DRIFTLOOP_SERVING_CA" in INSTANCE["run_launcher"]["config"]["env_vars"]
+    assert TLS_OVERLAY["secrets"]["serving_tls_ca"] == {"environment": "DRIFTLOOP_SERVING_CA"}
+
+
+def test_prometheus_over_tls_differs_only_in_the_serving_job() -> None:
+    plain = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    tls = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.tls.yml").read_text())
+    serving = next(job for job in tls["scrape_configs"] if job["job_name"] == "driftloop-serve")
+    assert serving.pop("scheme") == "https"
+    ca_file = serving.pop("tls_config")["ca_file"]
+    assert tls == plain
+    prometheus = TLS_OVERLAY["services"]["prometheus"]
+    assert ca_file == f"/run/secrets/{prometheus['secrets'][0]}"
+    (mount,) = prometheus["volumes"]
+    target = mount.split(":")[1]
+    assert mount.startswith("./prometheus/prometheus.tls.yml:")
+    assert target in {v.split(":")[1] for v in COMPOSE["services"]["prometheus"]["volumes"]}
+
+
+def test_the_kubernetes_ingress_terminates_tls_in_front_of_the_serve_service() -> None:
+    (ingress,) = yaml.safe_load_all((DEPLOY / "k8s" / "ingress-tls.yaml").read_text())
+    assert ingress["kind"] == "Ingress"
+    (tls,) = ingress["spec"]["tls"]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] in tls["hosts"] and tls["secretName"] == "driftloop-serving-tls"
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "driftloop-serve-svc", "port": {"number": 8000}}
+    # and the ingress controller's namespace is one the Serve port admits
+    serve_policy = next(p for p in NETWORK_POLICIES if p["metadata"]["name"] == "ray-serve-http")
+    sources = [s for rule in serve_policy["spec"]["ingress"] for s in rule["from"]]
+    assert {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    } in sources

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from driftloop.serving_client import ServingAdmin, ServingError
 from driftloop.settings import Settings
 from serving.launch import free_port, tls_options
 from tests.serving.conftest import ADMIN_KEY, Served
@@ -42,6 +43,22 @@ try:
     signal.pause()
 finally:
     launch.stop(settings)
+"""
+
+
+# A one-node Ray cluster of its own (what `ray start --head` runs on the compose head),
+# stopped on SIGTERM with every process it started.
+CLUSTER_HEAD = """
+import os, signal, sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+try:
+    print(cluster.address, flush=True)
+    signal.pause()
+finally:
+    cluster.shutdown()
 """
 
 
@@ -122,6 +139,14 @@ def test_serving_answers_https_with_the_configured_certificate(
             assert ready["champion"]["version"] == served.champion
             answer = client.post(PREDICT, json={"instances": [INSTANCE]})
             assert answer.status_code == 200 and answer.json()["model_version"] == served.champion
+        # The canary job and `up` trust serving's own (self-signed) certificate, or the CA
+        # bundle they are given; without either they refuse it.
+        given = ({"serve_tls_certfile": str(cert)}, {"serving_ca": str(cert)})
+        for trust in (*given, {"serving_ca": cert.read_text()}):  # a path or the PEM text
+            caller = Settings(home=tmp_path / "caller", serving_url=url, **trust)
+            assert ServingAdmin(caller).readiness()["ready"] is True
+        with pytest.raises(ServingError, match="CERTIFICATE_VERIFY_FAILED"):
+            ServingAdmin(Settings(home=tmp_path / "caller", serving_url=url)).readiness()
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             httpx.get(f"{url}/healthz", timeout=10)  # an unknown certificate is refused
         with pytest.raises(httpx.HTTPError):
@@ -161,3 +186,56 @@ def loopback(address: str) -> bool:
     ip = ipaddress.ip_address(address)
     mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a dual-stack socket's
     return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_cluster_proxies_answer_https(tmp_path: Path) -> None:
+    """The compose head's step before `serve deploy`: `python -m serving.cluster_proxies`
+    starts Serve's proxies on a running cluster with the certificate from the environment
+    (`serve start` has no TLS flags)."""
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    # A cluster as compose starts it: Ray's own proxies (no HAProxy switches inherited from
+    # this package's local start); one machine, so every Ray process takes the loopback
+    # address (as `driftloop serve`).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    head = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER_HEAD], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert head.stdout is not None
+        address = head.stdout.readline().strip()
+        assert address, "the cluster head did not start"
+        started = subprocess.run(
+            [sys.executable, "-m", "serving.cluster_proxies"],
+            env={
+                **env,
+                "RAY_ADDRESS": address,
+                "DRIFTLOOP_HOME": str(tmp_path / "home"),
+                "DRIFTLOOP_SERVE_PORT": str(port),
+                "DRIFTLOOP_SERVE_TLS_CERTFILE": str(cert),
+                "DRIFTLOOP_SERVE_TLS_KEYFILE": str(key),
+            },
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert started.returncode == 0, started.stderr[-2000:]
+        url = f"https://127.0.0.1:{port}"
+        assert f"Serve's proxies answer at {url}" in started.stdout
+        trusted = ssl.create_default_context(cafile=str(cert))
+        # Serve answers over TLS (no application is deployed yet: its route table is empty).
+        answer = httpx.get(f"{url}/-/routes", verify=trusted, timeout=30)
+        assert answer.status_code in (200, 503), answer.text
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/-/routes", timeout=10).raise_for_status()
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            raise
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if address in " ".join(p.info["cmdline"] or [])
+    ]
