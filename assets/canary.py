@@ -50,6 +50,7 @@ def policy_of(settings: Settings) -> CanaryPolicy:
         confidence=settings.canary_confidence,
         max_p99_ms=settings.canary_max_p99_ms,
         mode=settings.canary_mode,
+        champion_floor=settings.canary_champion_floor,
     )
 
 
@@ -102,6 +103,8 @@ def evidence_numbers(
         "ci_high": decision.ci_high,
         "p_value": decision.p_value,
         "effect_size": decision.effect_size,
+        "probability_better": decision.probability_better,
+        "next_weight": decision.weight,
         f"challenger_{decision.metric}": decision.challenger_score,
         f"champion_{decision.metric}": decision.champion_score,
     }
@@ -145,13 +148,13 @@ def canary_decision(
             context, registry, admin, challenger.version, policy.steps[0], "start", "canary started"
         )
 
-    # The sequential test's interval holds however much evidence accumulates, so it judges
-    # everything since the canary started (a step only limits exposure); Welch's is only
-    # valid for one step's sample.
+    # The sequential interval (also the bandit's) holds however much evidence accumulates,
+    # so it judges everything since the canary started (a step only limits exposure);
+    # Welch's is only valid for one step's sample.
     started = float(
-        challenger.tags.get(TAG_CANARY_STARTED, challenger.tags[TAG_STEP_STARTED])
-        if policy.mode == "sequential"
-        else challenger.tags[TAG_STEP_STARTED]
+        challenger.tags[TAG_STEP_STARTED]
+        if policy.mode == "welch"
+        else challenger.tags.get(TAG_CANARY_STARTED, challenger.tags[TAG_STEP_STARTED])
     )
     schema = load_schema(settings.schema_path)
     if schema is None:
@@ -205,12 +208,25 @@ def canary_decision(
         return dg.MaterializeResult(
             metadata={"verdict": "rollback", "reason": decision.reason, **numbers}
         )
-    # A clear winner under the sequential test skips the remaining steps.
-    following = 1.0 if decision.verdict == "promote" else next_weight(weight, policy.steps)
+    # A clear winner under the sequential test skips the remaining steps; the bandit sets
+    # the share itself, up or down.
+    if decision.verdict == "promote":
+        following = 1.0
+    elif decision.weight is not None:
+        following = decision.weight
+    else:
+        following = next_weight(weight, policy.steps)
     registry.set_tags(challenger.version, audit)
     if following < 1.0:
         return _move(
-            context, registry, admin, challenger.version, following, "advance", decision.reason
+            context,
+            registry,
+            admin,
+            challenger.version,
+            following,
+            "advance",
+            decision.reason,
+            numbers,
         )
     # The step to 100 % is the promotion: serving swaps to the new champion by alias. The
     # weight goes to 0 first, so a queued version taking `@challenger` in the same move
@@ -238,8 +254,10 @@ def _move(
     weight: float,
     verdict: str,
     reason: str,
+    numbers: dict[str, object] | None = None,
 ) -> dg.MaterializeResult:
-    """Send `weight` of traffic to the challenger and start a new evidence window."""
+    """Send `weight` of traffic to the challenger and start a new evidence window; the
+    decision's `numbers` (if any) go with it into the metadata."""
     admin.set_routing(canary_weight=weight)
     now = time.time()
     started = {TAG_CANARY_STARTED: now} if verdict == "start" else {}
@@ -247,6 +265,7 @@ def _move(
     context.log.info(f"v{version}: {verdict} to {weight:.0%} of traffic ({reason})")
     return dg.MaterializeResult(
         metadata={
+            **(numbers or {}),
             "verdict": verdict,
             "reason": reason,
             "challenger_version": version,

@@ -25,7 +25,7 @@ from scipy import stats
 from driftloop.metrics import Metric, encode, label_codes
 
 Verdict = Literal["advance", "promote", "rollback", "wait"]
-Mode = Literal["sequential", "welch"]
+Mode = Literal["sequential", "welch", "bandit"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,13 @@ class CanaryPolicy:
     max_p99_ms: float = 250.0
     # `sequential`: a confidence sequence, valid however often it is looked at, with early
     # promotion of a clear winner; `welch`: the classic fixed-horizon test, read at every
-    # check (its real error rates are above the nominal level; see docs/benchmarks.md).
+    # check (its real error rates are above the nominal level; see docs/benchmarks.md);
+    # `bandit`: the same interval (a whole-sample metric's bootstrap) decides when to stop,
+    # and between checks the challenger gets the share Thompson sampling gives it (the
+    # chance it is the better arm), at least the first step's and at most 1 -
+    # `champion_floor`.
     mode: Mode = "sequential"
+    champion_floor: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class CanaryDecision:
     ci_high: float | None = None
     p_value: float | None = None
     effect_size: float | None = None
+    probability_better: float | None = None  # the challenger's, under a normal posterior
+    weight: float | None = None  # bandit: the challenger's next share of traffic
 
 
 @dataclass(frozen=True)
@@ -139,9 +146,10 @@ def bootstrap(
     confidence: float,
     resamples: int,
     seed: int,
-) -> tuple[float, float, float] | None:
-    """The challenger's gain in `metric` and its percentile bootstrap interval; None when
-    the metric is not defined on an arm (ROC AUC of labels of one class).
+) -> tuple[float, float, float, float] | None:
+    """The challenger's gain in `metric`, its percentile bootstrap interval, and the share
+    of resamples in which the challenger is better (its chance of being the better arm);
+    None when the metric is not defined on an arm (ROC AUC of labels of one class).
 
     Each arm is resampled on its own and within each true class (the class counts stay as
     observed), so every resample defines a ranking metric such as ROC AUC even when the
@@ -170,7 +178,7 @@ def bootstrap(
     observed = gain(np.arange(len(ours[0])), np.arange(len(theirs[0])))
     gains = np.array([gain(draw(0), draw(1)) for _ in range(resamples)])
     low, high = np.quantile(gains, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return observed, float(low), float(high)
+    return observed, float(low), float(high), float((gains > 0).mean())
 
 
 def analyse(
@@ -220,6 +228,8 @@ def analyse(
     ci = f"{policy.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
     loss = " (squared error)" if metric.name == "rmse" else ""
     interval = f"{metric.name} gain{loss} {difference:+.4f}, {ci}"
+    if policy.mode == "bandit":
+        return _bandit(policy, numbers, margin, at_cap, interval, counts)
     if high < 0:
         verdict, reason = "rollback", f"significantly worse: {interval}"
     elif low > 0 and policy.mode == "sequential" and metric.per_row is not None:
@@ -232,6 +242,42 @@ def analyse(
     else:
         verdict, reason = "wait", f"inconclusive so far: {interval}"
     return CanaryDecision(verdict, reason, **counts, **numbers)
+
+
+def _bandit(
+    policy: CanaryPolicy,
+    numbers: dict[str, float],
+    margin: float,
+    at_cap: bool,
+    interval: str,
+    counts: dict[str, object],
+) -> CanaryDecision:
+    """Stop when the always-valid interval decides (worse: roll back; not worse by more than
+    the margin: promote, since the allocation already limited the exposure); else keep
+    going at the challenger's Thompson share. Thompson sampling sends each request to an
+    arm with the probability that the arm is the better one; with many requests per
+    check that is the share itself."""
+    low, high = numbers["ci_low"], numbers["ci_high"]
+    if high < 0:
+        return CanaryDecision("rollback", f"significantly worse: {interval}", **counts, **numbers)
+    if low > -margin:
+        reason = f"not worse by more than {margin:.4g} at any sample size: {interval}"
+        return CanaryDecision("promote", reason, **counts, **numbers)
+    if at_cap:
+        reason = f"inconclusive after {policy.max_samples} samples: {interval}"
+        return CanaryDecision("rollback", reason, **counts, **numbers)
+    share = thompson_share(numbers["probability_better"], policy)
+    reason = (
+        f"P(challenger better) {numbers['probability_better']:.2f}: {share:.0%} of traffic; "
+        f"{interval}"
+    )
+    return CanaryDecision("advance", reason, **counts, **numbers, weight=share)
+
+
+def thompson_share(probability_better: float, policy: CanaryPolicy) -> float:
+    """The challenger's traffic share: its chance of being the better arm, bounded below by
+    the first step (enough evidence keeps arriving) and above by the champion's floor."""
+    return float(np.clip(probability_better, policy.steps[0], 1 - policy.champion_floor))
 
 
 def _evidence(
@@ -251,10 +297,14 @@ def _evidence(
             "challenger_score": float(rows[0].mean()),
             "champion_score": float(rows[1].mean()),
         }
-        if policy.mode == "sequential":
-            difference, low, high = sequential(ours, theirs, policy.confidence, horizon(policy))
-        else:
+        if policy.mode == "welch":
             difference, low, high, numbers["p_value"] = welch(ours, theirs, policy.confidence)
+        else:
+            difference, low, high = sequential(ours, theirs, policy.confidence, horizon(policy))
+        se = float(np.sqrt(ours.var(ddof=1) / len(ours) + theirs.var(ddof=1) / len(theirs)))
+        numbers["probability_better"] = (
+            float(stats.norm.cdf(difference / se)) if se > 0 else float(difference > 0)
+        )
         return {
             **numbers,
             "difference": difference,
@@ -273,8 +323,9 @@ def _evidence(
     )
     if interval is None:
         return None
-    difference, low, high = interval
+    difference, low, high, better = interval
     return {
+        "probability_better": better,
         "challenger_score": metric.score(challenger.labels, challenger.outputs, classes),
         "champion_score": metric.score(champion.labels, champion.outputs, classes),
         "difference": difference,

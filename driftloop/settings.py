@@ -264,10 +264,17 @@ class Settings(BaseSettings):
         "the metric's default (0.02; 0.1 for rmse and mae, whose per-request losses are noisy).",
     )
     canary_confidence: float = Field(default=0.95, gt=0, lt=1)
-    canary_mode: Literal["sequential", "welch"] = Field(
+    canary_mode: Literal["sequential", "welch", "bandit"] = Field(
         default="sequential",
         description="How the canary judges: a confidence sequence valid at every check "
-        "(early promotion of a clear winner), or Welch's fixed-horizon test at each check.",
+        "(early promotion of a clear winner), Welch's fixed-horizon test at each check, or "
+        "the confidence sequence with traffic allocated by Thompson sampling.",
+    )
+    canary_champion_floor: float = Field(
+        default=0.25,
+        ge=0,
+        lt=1,
+        description="Bandit mode: the least share of traffic the champion keeps.",
     )
     canary_max_key_share: float = Field(
         default=0.1,

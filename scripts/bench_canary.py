@@ -10,6 +10,13 @@ always-valid interval, and promotes a clear winner at once. Outcomes are right/w
 10 points worse. The intervals are computed for all canaries at once with numpy; a check
 at start asserts they equal `driftloop.canary.welch` / `sequential` on sample cases.
 
+A second table splits live traffic by the canary's weight (`--traffic` labelled requests
+per check, each sent to the challenger with the current weight) and compares the fixed
+steps (sequential test) with `bandit` (the same interval, the weight set to the
+challenger's Thompson share between the first step and 1 - `--champion-floor`): decision
+rates, requests to decision, and regret, the expected wrong answers served during the
+canary beyond what always serving the better arm would have given.
+
     .venv/bin/python scripts/bench_canary.py --canaries 10000 --json bench-canary.json
 """
 
@@ -118,6 +125,62 @@ def simulate(
     }
 
 
+def simulate_traffic(
+    mode: str, gain: float, args: argparse.Namespace, rng: np.random.Generator
+) -> dict[str, float]:
+    """Canaries whose arms get traffic by weight, judged on everything since the start."""
+    k, total = args.canaries, args.traffic
+    p_champion, p_challenger = args.base, args.base + gain
+    best = max(p_champion, p_challenger)
+    horizon = min(args.max_samples, 10 * args.min_samples)
+    steps = np.array([0.05, 0.25, 0.5, 1.0])
+    state = np.zeros(k, dtype=int)  # 0 running, 1 promoted, 2 rolled back
+    step = np.zeros(k, dtype=int)
+    weight = np.full(k, steps[0])
+    requests, regret = np.zeros(k), np.zeros(k)
+    sums = np.zeros((6, k))
+    while (state == 0).any():
+        running = state == 0
+        to_challenger = rng.binomial(total, weight)
+        to_champion = total - to_challenger
+        right1 = rng.binomial(to_challenger, p_challenger).astype(float)
+        right2 = rng.binomial(to_champion, p_champion).astype(float)
+        for row, value in enumerate((right1, right1, to_challenger, right2, right2, to_champion)):
+            sums[row] += np.where(running, value, 0)
+        requests += np.where(running, total, 0)
+        regret += np.where(
+            running, to_challenger * (best - p_challenger) + to_champion * (best - p_champion), 0
+        )
+        ready = running & (np.minimum(sums[2], sums[5]) >= args.min_samples)
+        low, high = intervals("sequential", *sums, args.confidence, horizon)
+        rollback = ready & ((high < 0) | (np.minimum(sums[2], sums[5]) >= args.max_samples))
+        if mode == "bandit":
+            promote = ready & ~rollback & (low > -args.margin)
+            m1, m2 = sums[0] / sums[2], sums[3] / sums[5]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                se = np.sqrt(
+                    (sums[1] - sums[2] * m1**2) / (sums[2] - 1) / sums[2]
+                    + (sums[4] - sums[5] * m2**2) / (sums[5] - 1) / sums[5]
+                )
+                better = np.where(se > 0, stats.norm.cdf((m1 - m2) / se), (m1 > m2) * 1.0)
+            share = np.clip(better, steps[0], 1 - args.champion_floor)
+            weight = np.where(ready & ~rollback & ~promote, share, weight)
+        else:
+            promote = ready & ~rollback & (low > 0)
+            advance = ready & ~rollback & ~promote & (low > -args.margin)
+            step[advance] += 1
+            promote |= advance & (step >= len(steps) - 1)
+            weight = np.where(advance, steps[np.minimum(step, len(steps) - 1)], weight)
+        state[rollback] = 2
+        state[promote & ~rollback] = 1
+    return {
+        "promoted": float((state == 1).mean()),
+        "rolled_back": float((state == 2).mean()),
+        "mean_requests_to_decision": float(requests.mean()),
+        "mean_regret": float(regret.mean()),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--canaries", type=int, default=10_000)
@@ -127,6 +190,8 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=5_000)
     parser.add_argument("--margin", type=float, default=0.02)
     parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--traffic", type=int, default=1000, help="requests per check")
+    parser.add_argument("--champion-floor", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=Path("bench-canary.json"))
     args = parser.parse_args()
@@ -147,6 +212,20 @@ def main() -> None:
                 f"| {name} | {mode} | {r['promoted']:.2%} | {r['rolled_back']:.2%} | "
                 f"{r['mean_outcomes_per_arm']:.0f} |"
             )
+    by_traffic = {
+        name: {mode: simulate_traffic(mode, gain, args, rng) for mode in ("steps", "bandit")}
+        for name, gain in gains.items()
+    }
+    print(
+        "\n| challenger | allocation | promoted | rolled back | requests to decision | regret |\n"
+        "|---|---|---:|---:|---:|---:|"
+    )
+    for name, by_mode in by_traffic.items():
+        for mode, r in by_mode.items():
+            print(
+                f"| {name} | {mode} | {r['promoted']:.2%} | {r['rolled_back']:.2%} | "
+                f"{r['mean_requests_to_decision']:.0f} | {r['mean_regret']:.1f} |"
+            )
     report = {
         "canaries_per_setting": args.canaries,
         "base_accuracy": args.base,
@@ -159,6 +238,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
         "results": results,
+        "traffic_per_check": args.traffic,
+        "champion_floor": args.champion_floor,
+        "by_traffic": by_traffic,
     }
     args.json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.json}")

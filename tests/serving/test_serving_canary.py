@@ -48,9 +48,12 @@ def step(served: Served) -> dict:
     return {k: v.value for k, v in metadata.items()}
 
 
-def traffic(served: Served, requests: int, challenger_right: bool) -> dict[str, int]:
+def traffic(
+    served: Served, requests: int, challenger_right: bool, challenger_wrong: int = 0
+) -> dict[str, int]:
     """Keyed single-instance requests; feedback confirms the champion, and confirms or
-    contradicts the challenger. Returns answers per version."""
+    contradicts the challenger (or contradicts only its first `challenger_wrong` answers).
+    Returns answers per version."""
     stream = LoanStream(seed=random.randrange(10_000))
     answered: dict[str, int] = {}
     with served.client() as client:
@@ -63,7 +66,9 @@ def traffic(served: Served, requests: int, challenger_right: bool) -> dict[str, 
             version = answer["model_version"]
             answered[version] = answered.get(version, 0) + 1
             label = answer["predictions"][0]
-            if version == served.challenger and not challenger_right:
+            if version == served.challenger and (
+                not challenger_right or answered[version] <= challenger_wrong
+            ):
                 label = 1 - int(label)
             feedback = {"request_id": answer["request_id"], "label": label}
             assert client.post("/v1/feedback", json=feedback).status_code == 200
@@ -121,3 +126,31 @@ def test_a_worse_challenger_is_rolled_back_and_serving_keeps_the_champion(
             for _ in range(20)
         }
     assert answers == {served.champion}
+
+
+def test_the_bandit_moves_the_challengers_share_to_its_chance_of_being_better(
+    canary_env: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inconclusive evidence (the challenger wrong on 2 answers, the champion never): no
+    stop, and serving routes the challenger its Thompson share (here the first step)."""
+    served = canary_env
+    monkeypatch.setenv("DRIFTLOOP_CANARY_MODE", "bandit")
+    monkeypatch.setenv("DRIFTLOOP_CANARY_STEPS", "[0.1, 1.0]")
+    served.registry.set_tags(served.challenger, {TAG_WEIGHT: 0.0})
+    assert step(served)["verdict"] == "start"
+    with served.client() as client:  # half the traffic each, to gather both arms at once
+        client.post("/admin/routing", json={"canary_weight": 0.5}, headers={"X-API-Key": ADMIN_KEY})
+    served.registry.set_tags(served.challenger, {TAG_WEIGHT: 0.5})
+    traffic(served, 160, challenger_right=True, challenger_wrong=2)
+    decision = step(served)
+    assert decision["verdict"] == "advance", decision["reason"]
+    # judged by the schema's ROC AUC: the bootstrap's share of resamples favouring it
+    assert (
+        0 <= decision["probability_better"] < 0.5 and "P(challenger better)" in decision["reason"]
+    )
+    expected = min(max(decision["probability_better"], 0.1), 0.75)
+    assert decision["weight"] == pytest.approx(expected)
+    assert float(served.registry.by_alias(CHALLENGER).tags[TAG_WEIGHT]) == pytest.approx(expected)
+    with served.client() as client:
+        ready = client.get("/readyz", headers={"X-API-Key": ADMIN_KEY}).json()
+    assert ready["canary_weight"] == pytest.approx(expected)

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from assets.canary import arm_evidence, evidence_metric, evidence_numbers
 from driftloop.canary import (
@@ -231,3 +232,42 @@ def test_a_clear_winner_is_promoted_early_and_a_clear_loser_rolled_back() -> Non
     assert equal.verdict == "advance" and equal.ci_low > -0.02, equal.reason
     unsure = analyse(decisions(0.9, 300, 1), decisions(0.9, 300, 2), SEQUENTIAL, ACCURACY, CLASSES)
     assert unsure.verdict == "wait"
+
+
+BANDIT = CanaryPolicy(min_samples=100, max_samples=5000, margin=0.02, mode="bandit")
+
+
+def exactly(right: int, n: int) -> Arm:
+    """An arm right on exactly `right` of its `n` outcomes."""
+    labels = ["1"] * n
+    return Arm(labels, one_hot(["1"] * right + ["0"] * (n - right), CLASSES))
+
+
+def test_the_bandit_shares_traffic_by_the_chance_the_challenger_is_better() -> None:
+    """Between stops the challenger's share is P(better) under the normal posterior of the
+    difference, within [first step, 1 - champion floor]; the stops are the sequential
+    interval's (the same numbers as `sequential`)."""
+    ahead = analyse(exactly(276, 300), exactly(270, 300), BANDIT, ACCURACY, CLASSES)
+    behind = analyse(exactly(264, 300), exactly(270, 300), BANDIT, ACCURACY, CLASSES)
+    far_behind = analyse(exactly(255, 300), exactly(270, 300), BANDIT, ACCURACY, CLASSES)
+    for decision in (ahead, behind, far_behind):
+        assert decision.verdict == "advance" and decision.weight is not None, decision.reason
+    a, b = np.r_[np.ones(276), np.zeros(24)], np.r_[np.ones(270), np.zeros(30)]
+    se = np.sqrt(a.var(ddof=1) / 300 + b.var(ddof=1) / 300)
+    assert ahead.probability_better == pytest.approx(stats.norm.cdf(0.02 / se))
+    assert ahead.weight == pytest.approx(min(ahead.probability_better, 0.75))
+    assert behind.weight == pytest.approx(behind.probability_better)
+    assert 0.05 < behind.weight < 0.5
+    assert far_behind.probability_better < 0.05 and far_behind.weight == 0.05
+    same = analyse(exactly(276, 300), exactly(270, 300), SEQUENTIAL, ACCURACY, CLASSES)
+    assert (ahead.ci_low, ahead.ci_high) == (same.ci_low, same.ci_high)
+
+
+def test_the_bandit_stops_on_the_sequential_interval() -> None:
+    worse = analyse(decisions(0.7, 400, 1), decisions(0.9, 400, 2), BANDIT, ACCURACY, CLASSES)
+    assert worse.verdict == "rollback" and worse.ci_high < 0 and worse.weight is None
+    better = analyse(decisions(0.97, 400, 1), decisions(0.85, 400, 2), BANDIT, ACCURACY, CLASSES)
+    assert better.verdict == "promote" and better.ci_low > -0.02
+    capped = CanaryPolicy(min_samples=100, max_samples=300, margin=0.001, mode="bandit")
+    stuck = analyse(decisions(0.9, 300, 5), decisions(0.9, 300, 6), capped, ACCURACY, CLASSES)
+    assert stuck.verdict == "rollback" and "inconclusive" in stuck.reason
