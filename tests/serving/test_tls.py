@@ -62,6 +62,16 @@ finally:
 """
 
 
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, the way `driftloop serve` is stopped; a process that hangs fails the test."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
 def self_signed(directory: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1, valid for a day, and its key (PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -152,12 +162,7 @@ def test_serving_answers_https_with_the_configured_certificate(
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).raise_for_status()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
+        stop(server)
 
 
 # What Ray 2.60 binds to every interface whatever its node address: the replicas'
@@ -230,12 +235,7 @@ def test_cluster_proxies_answer_https(tmp_path: Path) -> None:
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/-/routes", timeout=10).raise_for_status()
     finally:
-        head.send_signal(signal.SIGTERM)
-        try:
-            head.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            raise
+        stop(head)
     assert not [
         p for p in psutil.process_iter(["cmdline"]) if address in " ".join(p.info["cmdline"] or [])
     ]
