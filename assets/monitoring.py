@@ -29,6 +29,7 @@ from driftloop.monitoring import (
     prediction_drift,
     quality_drop,
     read_log,
+    skipped_log_files,
 )
 from driftloop.pushgateway import push_feature_drift, push_live_quality
 from driftloop.registry import CHAMPION
@@ -56,6 +57,7 @@ def feature_drift_report(
     schema = training_dataset.schema
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
     traffic = read_log(settings.prediction_log, since, settings.prediction_log_window_s)
+    skipped = skipped_log_files(traffic)
     columns = schema.feature_names
     if len(traffic) < settings.monitor_min_rows:
         context.log.info(f"{len(traffic)} recent predictions; need {settings.monitor_min_rows}")
@@ -67,7 +69,12 @@ def feature_drift_report(
             lambda url: push_feature_drift(url, math.nan, unknown),
         )
         return dg.MaterializeResult(
-            metadata={"rows_current": len(traffic), "judged": False, "share_drifted": 0.0}
+            metadata={
+                "rows_current": len(traffic),
+                "judged": False,
+                "share_drifted": 0.0,
+                **skipped,
+            }
         )
     text = [f.name for f in schema.features if f.dtype == "str"]
     current = model_frame(traffic, columns, text)
@@ -116,6 +123,7 @@ def feature_drift_report(
     return dg.MaterializeResult(
         metadata={
             **predicted,
+            **skipped,
             "judged": True,
             "share_drifted": result.share_drifted,
             "drift_confirmed": result.share_drifted >= settings.drift_share_threshold,
@@ -159,10 +167,12 @@ def live_model_quality(
         return dg.MaterializeResult(metadata={"labelled": 0})
     since = datetime.now(UTC) - timedelta(seconds=settings.monitor_window_s)
     window = settings.prediction_log_window_s
+    predictions = read_log(settings.prediction_log, since, window)
+    feedback = read_log(settings.feedback_log, since, window)
     join = join_labels(
-        read_log(settings.prediction_log, since, window),
+        predictions,
         {  # feedback first: it names the prediction it labels
-            "feedback": read_log(settings.feedback_log, since, window),
+            "feedback": feedback,
             "batches": landed_labels(
                 BatchStore(settings.batches), schema.id_columns, schema.target, since.timestamp()
             ),
@@ -177,6 +187,7 @@ def live_model_quality(
         "labelled": len(joined),
         "unmatched_labels": join.unmatched,
         "repeated_labels_ignored": join.repeated,
+        **skipped_log_files(predictions, feedback),
         "metric": metric.name,
         **{f"labelled/{s}": int(n) for s, n in joined["label_source"].value_counts().items()},
     }

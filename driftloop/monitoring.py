@@ -48,6 +48,18 @@ def read_log(
     return frame
 
 
+def skipped_log_files(*frames: pd.DataFrame) -> dict[str, object]:
+    """What the log reads behind `frames` left out, for a run's metadata: the count always
+    (0 says every file read), and each file with its reason when there is one."""
+    skipped = [s for frame in frames for s in frame.attrs.get("skipped_files", [])]
+    found: dict[str, object] = {"skipped_log_files": len(skipped)}
+    if skipped:
+        found["skipped_log_file_reasons"] = "; ".join(
+            f"{s['name']}: {s['reason']}" for s in skipped
+        )
+    return found
+
+
 def model_frame(frame: pd.DataFrame, features: Sequence[str], text: Sequence[str]) -> pd.DataFrame:
     """`features` as the model sees them: text columns as `str` or None (a blank string is
     missing, as at ingest), every other column float64 with NaN (bool as 1.0/0.0).

@@ -317,3 +317,36 @@ def test_canary_sensor_acts_only_for_the_canary_policy_and_a_challenger(
             assert tick().skip_message == "no @challenger"
         finally:
             registry.delete_alias(CHALLENGER)
+
+
+def test_a_corrupt_log_file_is_skipped_and_counted_in_the_monitors_metadata(
+    monitored: Settings,
+) -> None:
+    """One unreadable file in each log: the monitoring run still succeeds, judges the rest,
+    and its metadata counts and names what it left out."""
+    prepare_dagster_home(monitored)
+    with dg.DagsterInstance.get() as instance:
+        replace_log(monitored, DriftPlan(), 1000, "calm")
+        monitored.prediction_log.write_bytes("torn-predictions.parquet", b"PAR1 not parquet")
+        monitored.feedback_log.write_bytes("torn-feedback.parquet", b"PAR1 not parquet")
+        run_monitors(monitored, instance)
+        metadata = {
+            name: instance.get_latest_materialization_event(
+                dg.AssetKey(name)
+            ).asset_materialization.metadata
+            for name in ("feature_drift_report", "live_model_quality")
+        }
+    assert metadata["feature_drift_report"]["judged"].value is True
+    assert metadata["live_model_quality"]["labelled"].value > 0
+    # each file is quarantined by the first reader that meets it, so counted once in all
+    counted = sum(m["skipped_log_files"].value for m in metadata.values())
+    reasons = " ".join(
+        m["skipped_log_file_reasons"].value
+        for m in metadata.values()
+        if "skipped_log_file_reasons" in m
+    )
+    assert (
+        counted == 2
+        and "torn-predictions.parquet" in reasons
+        and "torn-feedback.parquet" in reasons
+    )
