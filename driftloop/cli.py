@@ -152,6 +152,16 @@ def _parser() -> argparse.ArgumentParser:
         "--replicas", type=int, default=2, help="replicas of ours (mlflow and bare: 2 workers)"
     )
     bench_serve.set_defaults(command=cmd_bench_serve)
+    bench_chaos = bench.add_parser(
+        "chaos",
+        help="availability of 2 replicas under load while replicas, HAProxy, the "
+        "Serve controller and MLflow are killed and aliases move",
+    )
+    bench_chaos.add_argument("--quick", action="store_true", help="each fault once, ~2 min")
+    bench_chaos.add_argument("--minutes", type=float, help="soak length (default 10; 2 quick)")
+    bench_chaos.add_argument("--json", type=Path, required=True, metavar="PATH")
+    # Four trials: the soak measures serving, not the search (`main` passes them on).
+    bench_chaos.set_defaults(command=cmd_bench_chaos, trials=4)
     return parser
 
 
@@ -627,5 +637,20 @@ def cmd_bench_serve(settings: Settings, args: argparse.Namespace) -> int:
         cmd_train(settings, args)
     result = bench.run(settings, quick=args.quick, json_path=args.json, replicas=args.replicas)
     print(bench.table(result))
+    print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_bench_chaos(settings: Settings, args: argparse.Namespace) -> int:
+    from serving import chaos
+
+    def train(home: Settings) -> None:
+        """Simulated loans into the soak's fresh home, then the real training job."""
+        cmd_simulate(home, _parser().parse_args(["simulate", "--rows", "3000"]))
+        cmd_train(home, args)
+
+    minutes = args.minutes or (2.0 if args.quick else 10.0)
+    result = chaos.run(settings, train, minutes=minutes, quick=args.quick, json_path=args.json)
+    print(chaos.table(result))
     print(f"wrote {args.json}")
     return 0
