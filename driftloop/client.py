@@ -45,8 +45,9 @@ MAX_RETRY_AFTER_S = 30.0
 # A float with an integer value below this is exactly that integer: sent as one, so that an
 # int feature read as float64 (pandas, because of a gap or `to_numpy()`) still validates.
 _EXACT_INTEGERS = 2**53
-# Fields of a predict answer that hold one value per instance; every other field of the
-# answer (model_version, request_id, and any the server adds) becomes a column.
+# Fields of a predict answer that are not columns of their own: per-instance lists, and
+# `classes` (which names the probability columns); every other field of the answer
+# (model_version, model_semver, request_id, and any the server adds) becomes a column.
 _PER_INSTANCE = ("predictions", "probabilities", "ids", "classes")
 
 Rows = pd.DataFrame | Sequence[Mapping[str, Any]]
@@ -171,12 +172,12 @@ class Client:
         """One row per instance, on the input's index so it joins back to `rows`.
 
         Columns: `id`, `prediction`, one `probability_<class>` per class for a classifier
-        (none for a regressor), `model_version` and `request_id`. The last two are columns,
-        not `DataFrame.attrs`: a large frame goes out in several requests, each with its own
-        request id and possibly its own version (a canary, a swap mid-way), and attrs do not
-        survive `concat` or `merge`. Until serving names its classes in the answer, the
-        probability columns are named by position in the model's `classes_` (sorted labels;
-        for 0/1 labels the same names).
+        (none for a regressor), `model_version`, `model_semver` and `request_id`. The last
+        three are columns, not `DataFrame.attrs`: a large frame goes out in several requests,
+        each with its own request id and possibly its own version (a canary, a swap
+        mid-way), and attrs do not survive `concat` or `merge`. The probability columns are
+        named by the answer's `classes`; a server too old to send them gets positions
+        (`probability_0`, ...).
 
         `ids` are business ids (echoed, logged, usable in `feedback`); `key` makes canary
         routing sticky for every instance sent. NaN and None become JSON null, which a

@@ -467,6 +467,22 @@ class Settings(BaseSettings):
         "`serve_tls_certfile`, which is its own CA).",
     )
 
+    # registry events pushed to serving (#18, item 3; serving/registry_events.py)
+    registry_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC secret (32+ characters) of the MLflow webhook that pushes alias "
+        "moves to serving; with an http(s) tracking server, serving registers the webhook at "
+        "deploy. Unset, empty or blank: replicas only poll.",
+    )
+    registry_webhook_secret_file: str | None = Field(
+        default=None, description="A file whose first line is the registry webhook secret."
+    )
+    registry_webhook_url: str | None = Field(
+        default=None,
+        description="Where the MLflow server reaches serving's /v1/registry-events; unset: "
+        "this serving host and port.",
+    )
+
 
 def _is_http_url(url: str) -> bool:
     try:

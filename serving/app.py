@@ -3,7 +3,8 @@
 Champion and challenger live in the same replica as the HTTP ingress: on a small machine
 every extra deployment hop costs more than the model call itself (see docs/benchmarks.md),
 and keeping both models in-process is what makes the alias swap a single assignment.
-Replicas scale out horizontally; each watches the registry on its own.
+Replicas scale out horizontally; each watches the registry on its own, and an MLflow
+registry webhook wakes them all at once (`serving/registry_events.py`).
 
 A deployment serves one task, its first champion's: a classifier answers labels and
 probabilities, a regressor one float per instance. A version of the other task is refused
@@ -35,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
+from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,6 +59,16 @@ from serving.prediction_log import (
     PREDICTIONS,
     ParquetLog,
     prediction_schema,
+)
+from serving.registry_events import (
+    REGISTRY_EVENTS,
+    EventAnswer,
+    Refused,
+    RegistryEvents,
+    describe,
+    ensure_webhook,
+    verify,
+    webhook_secret,
 )
 from serving.router import (
     CHALLENGER_ROUTE,
@@ -256,7 +268,7 @@ class FailedLoad:
 class ModelServer:
     """Serves `@champion`, sends a share to `@challenger`, swaps both when aliases move."""
 
-    async def __init__(self, args: ServeArgs) -> None:
+    async def __init__(self, args: ServeArgs, events: DeploymentHandle | None = None) -> None:
         self.settings = args.settings()
         configure_tracking(self.settings)
         writer = f"{_replica_id()}-{uuid.uuid4().hex[:6]}"
@@ -273,6 +285,8 @@ class ModelServer:
         self.deployed_split = TrafficSplit.of(self.routing)  # announced by `_join_split`
         self.split_joined = False
         self.poll_interval_s = args.poll_interval_s or self.settings.serve_poll_interval_s
+        self.events = events  # `RegistryEvents`: wakes the sync loop before the poll is due
+        self.webhook_secret = webhook_secret(self.settings)
         self.rng = random.Random()
         self.pending: dict[str, PendingSwap] = {}
         self.refused: set[tuple[str, str]] = set()
@@ -486,12 +500,34 @@ class ModelServer:
         return False
 
     async def _watch(self) -> None:
+        seen = 0
         while True:
-            await asyncio.sleep(self.poll_interval_s)
+            seen = await self._next_look(seen)
             try:
                 await self.sync()
             except Exception:  # the watcher must outlive any single failure
                 logger.exception("registry sync failed")
+
+    async def _next_look(self, seen: int) -> int:
+        """Wait for a registry event or the poll interval, whichever comes first; returns
+        the wake-ups counted so far (`RegistryEvents`)."""
+        if self.events is not None:
+            try:
+                return await self.events.wait.remote(seen, self.poll_interval_s)
+            except Exception as error:  # its replica restarting: poll meanwhile
+                logger.warning("registry events unavailable, polling: %s", error)
+        await asyncio.sleep(self.poll_interval_s)
+        return seen
+
+    async def wake(self) -> None:
+        """A registry event: every replica syncs now, this one through the same wake-up."""
+        if self.events is not None:
+            try:
+                await self.events.wake.remote()
+                return
+            except Exception as error:
+                logger.warning("could not wake the other replicas: %s", error)
+        await self.sync()
 
     async def sync(self) -> None:
         """Bring both slots in line with the registry's aliases; old models serve meanwhile."""
@@ -614,17 +650,13 @@ class ModelServer:
         listed = None if probabilities is None else probabilities.tolist()
         if listed is None and not all(map(math.isfinite, labels)):
             return self._no_finite_prediction(model, labels)
-        body = {
-            "predictions": labels,
-            "probabilities": listed,
-            "ids": [row["id"] for row in rows],
-            "model_version": model.version,
-            "request_id": request_id,
-        }
+        body = {"predictions": labels, "probabilities": listed, "ids": [r["id"] for r in rows]}
         if listed is None:  # a regressor: one float per instance, no probabilities
             del body["probabilities"]
+        # The version's own fields were encoded at load; the request id is hex.
+        answer = f'{json.dumps(body)[:-1]}, {model.answer_fields}, "request_id": "{request_id}"}}'
         response = Response(
-            json.dumps(body).encode(),
+            answer.encode(),
             media_type="application/json",
             headers={"X-Model-Version": model.version},
         )
@@ -951,6 +983,39 @@ def build_api(server: ModelServer) -> FastAPI:
             return JSONResponse({"detail": unknown}, status_code=422)
         return JSONResponse(server.feedback(items).model_dump())
 
+    @api.post(
+        REGISTRY_EVENTS,
+        responses={
+            401: {"description": "unsigned"},
+            403: {"description": "forged, stale, or registry events are off"},
+        },
+    )
+    async def registry_event(request: Request) -> EventAnswer:
+        """An MLflow registry webhook delivery: an alias of this model moved, sync now."""
+        secret = server.webhook_secret
+        if secret is None:
+            refused(403)
+            raise HTTPException(
+                403, "registry events are off: DRIFTLOOP_REGISTRY_WEBHOOK_SECRET is unset"
+            )
+        try:
+            event = verify(secret, request.headers, await request.body(), time.time())
+        except Refused as error:
+            refused(error.status)
+            host, forwarded = client_of(request)
+            audit.record(
+                action=f"POST {REGISTRY_EVENTS}",
+                outcome=str(error.status),
+                caller=None,
+                client=host,
+                forwarded_for=forwarded,
+            )
+            raise HTTPException(error.status, error.message) from None
+        woken, detail = describe(event, name)
+        if woken:
+            await server.wake()
+        return EventAnswer(woken=woken, detail=detail)
+
     @api.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
@@ -1053,6 +1118,7 @@ def _state(model: LoadedModel | None) -> ModelState | None:
         sha256=model.sha256,
         source=model.source,
         task=model.task,
+        semver=model.semver,
     )
 
 
@@ -1079,6 +1145,11 @@ def build_app(args: ServeArgs) -> Application:
     KeyRing.of(settings)
     if settings.request_id_secret is not None:
         RequestIds.of(settings)
+    # Without a webhook secret nothing can wake the replicas: no events deployment (a Serve
+    # replica process of its own), and the replicas poll as they always did.
+    secret = webhook_secret(settings)
+    if secret is not None:
+        _register_webhook(settings, secret)
     return ModelServer.options(
         num_replicas=args.num_replicas or settings.serve_replicas,
         max_ongoing_requests=args.max_ongoing_requests,
@@ -1096,4 +1167,26 @@ def build_app(args: ServeArgs) -> Application:
             "num_cpus": args.replica_cpus,
             "runtime_env": {"env_vars": {**PINNED_THREADS, **MLFLOW_FAST_FAIL, **UNBUFFERED_LOG}},
         },
-    ).bind(args)
+    ).bind(args, None if secret is None else RegistryEvents.bind())
+
+
+def _register_webhook(settings: Settings, secret: str) -> None:
+    """The alias webhook on the MLflow server, registered here because every way to deploy
+    (`driftloop serve` and `up`, `serve deploy`, a RayService) builds the application with
+    the settings it serves with: the webhook points where this deployment answers, and a
+    rotated secret reaches MLflow with the redeploy. Any failure leaves polling in charge."""
+    if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        logger.warning(
+            "DRIFTLOOP_REGISTRY_WEBHOOK_SECRET is set, but registry webhooks need an MLflow "
+            "tracking server (DRIFTLOOP_TRACKING_URI=http(s)://…): replicas poll"
+        )
+        return
+    try:
+        logger.info(ensure_webhook(settings, secret))
+    except Exception as error:  # an old server, SSRF rules, an undecryptable stored secret
+        reason = _redacted(f"{type(error).__name__}: {error}").replace(secret, "***")
+        logger.warning(
+            "registry webhook not registered (%s); replicas poll every %s s",
+            reason,
+            settings.serve_poll_interval_s,
+        )

@@ -45,6 +45,7 @@ from driftloop.registry import (
     directory_sha256,
 )
 from driftloop.training import TRUSTED_TYPES
+from driftloop.versioning import TAG_SEMVER
 from serving.fastpath import (
     FOREST_ROWS,
     CompiledPipeline,
@@ -79,6 +80,16 @@ class LoadedModel:
     compiled: CompiledPipeline | None = None
     # The training categories of each categorical feature, to flag unseen values.
     categories: dict[str, frozenset[Any]] = dataclasses.field(default_factory=dict)
+    # The version's `driftloop.semver` tag, read once at load; None for a version without.
+    semver: str | None = None
+    # What every answer of this version repeats (classes, version, semver), encoded once
+    # here so that a request only encodes its own predictions (`answer_fields`).
+    answer_fields: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields: dict[str, Any] = {"classes": list(self.classes)} if self.classes else {}
+        fields |= {"model_version": self.version, "model_semver": self.semver}
+        object.__setattr__(self, "answer_fields", json.dumps(fields)[1:-1])
 
     @property
     def task(self) -> Task:
@@ -183,7 +194,8 @@ class ModelStore:
                     f"the registered {info.sha256[:12]}…; refusing to load it"
                 )
             self._keep(info.version, info.sha256, local)
-            model = _open(alias, info.version, info.sha256, "registry", local)
+            semver = info.tags.get(TAG_SEMVER)
+            model = _open(alias, info.version, info.sha256, "registry", local, semver)
         self.remember(alias, model, observed_at)
         return model
 
@@ -197,11 +209,17 @@ class ModelStore:
             raise ArtifactIntegrityError(
                 f"the cached copy of version {entry['version']} is missing or altered"
             )
-        return _open(alias, entry["version"], entry["sha256"], "cache", directory)
+        semver = entry.get("semver")  # absent from a record written before semvers
+        return _open(alias, entry["version"], entry["sha256"], "cache", directory, semver)
 
     def remember(self, alias: str, model: LoadedModel, observed_at: float) -> None:
         """`model` is the last good version of `alias` as the registry named it then."""
-        entry = {"version": model.version, "sha256": model.sha256, "observed_at": observed_at}
+        entry = {
+            "version": model.version,
+            "sha256": model.sha256,
+            "semver": model.semver,
+            "observed_at": observed_at,
+        }
         self._record(alias, entry)
 
     def forget(self, alias: str, observed_at: float | None = None) -> None:
@@ -284,7 +302,14 @@ class ModelStore:
                     path.unlink()
 
 
-def _open(alias: str, version: str, sha256: str, source: Source, directory: Path) -> LoadedModel:
+def _open(
+    alias: str,
+    version: str,
+    sha256: str,
+    source: Source,
+    directory: Path,
+    semver: str | None = None,
+) -> LoadedModel:
     """Load with the skops allow-list and refuse a model that fails its own input example;
     a regressor (`is_regressor` asks the pipeline's final step) has no classes."""
     import skops.io
@@ -302,6 +327,7 @@ def _open(alias: str, version: str, sha256: str, source: Source, directory: Path
         features=features,
         classes=() if is_regressor(pipeline) else tuple(_python(c) for c in pipeline.classes_),
         categories=training_categories(pipeline),
+        semver=semver,
     )
     loaded = metadata.load_input_example(str(directory))
     if not isinstance(loaded, pd.DataFrame) or loaded.empty:

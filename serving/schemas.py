@@ -163,13 +163,27 @@ def build_request_models(
     )
 
 
+# The fields every answer carries about the version that gave it.
+VERSION_DESCRIPTION = "The MLflow registry version that answered (also the X-Model-Version header)."
+SEMVER_DESCRIPTION = (
+    "Its semantic version (`driftloop.semver`): a new MAJOR changes the request contract; "
+    "null for a version registered without one."
+)
+
+
 class PredictResponse(BaseModel):
     """KServe V1 answer, plus class probabilities and the ids feedback refers to."""
 
     predictions: list[Label]
-    probabilities: list[list[float]]
+    probabilities: list[list[float]] = Field(
+        description="Per instance, one probability per class, in the order of `classes`."
+    )
+    classes: list[Label] = Field(
+        description="The class labels, in the order of each instance's probabilities."
+    )
     ids: list[str | None]
-    model_version: str
+    model_version: str = Field(description=VERSION_DESCRIPTION)
+    model_semver: str | None = Field(description=SEMVER_DESCRIPTION)
     request_id: str
 
 
@@ -181,7 +195,8 @@ class RegressionResponse(BaseModel):
         description="The predicted value of each instance, in order (a float64)."
     )
     ids: list[str | None]
-    model_version: str
+    model_version: str = Field(description=VERSION_DESCRIPTION)
+    model_semver: str | None = Field(description=SEMVER_DESCRIPTION)
     request_id: str
 
 
@@ -248,6 +263,9 @@ class ModelState(BaseModel):
     sha256: str
     source: Literal["registry", "cache"]
     task: Literal["classification", "regression"]
+    semver: str | None = Field(
+        default=None, description="The version's `driftloop.semver` tag (null: none)."
+    )
 
 
 class Health(BaseModel):

@@ -33,6 +33,7 @@ from driftloop.schema import load_schema
 from driftloop.settings import Settings, load_settings
 from driftloop.simulate import LoanStream
 from driftloop.training import TRUSTED_TYPES
+from driftloop.versioning import TAG_SEMVER
 from serving import launch
 from serving.app import ServeArgs
 
@@ -93,12 +94,15 @@ def test_predict_answers_as_the_registered_model_in_chunks_on_the_callers_index(
     expected = live.pipeline.predict_proba(live.frame)
     classes = live.pipeline.classes_
     probability = [f"probability_{c}" for c in classes]
-    assert list(scored.columns) == ["id", "prediction", *probability, "model_version", "request_id"]
+    columns = ["id", "prediction", *probability, "model_version", "model_semver", "request_id"]
+    assert list(scored.columns) == columns
     assert scored.index.equals(live.frame.index)
     np.testing.assert_allclose(scored[probability].to_numpy(), expected, rtol=0, atol=1e-9)
     assert scored["prediction"].tolist() == classes[expected.argmax(axis=1)].tolist()
     assert scored["id"].tolist() == ids
     assert set(scored["model_version"]) == {live.version}
+    registry = Registry(live.settings.mlflow_tracking_uri, live.settings.model_name)
+    assert set(scored["model_semver"]) == {registry.version(live.version).tags[TAG_SEMVER]}
     assert scored["request_id"].nunique() == 3
 
     # numpy scalars, every one a float64 (int features too: `to_numpy` of a mixed frame)

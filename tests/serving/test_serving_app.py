@@ -17,6 +17,8 @@ from ray import serve
 
 from driftloop.audit import AuditTrail
 from driftloop.registry import CHALLENGER, CHAMPION
+from driftloop.training import TRUSTED_TYPES
+from driftloop.versioning import TAG_SEMVER
 from serving.app import ServeArgs, build_app
 from serving.launch import APP_NAME
 from serving.router import SPLIT_TAG, SharedSplit, TrafficSplit
@@ -94,6 +96,7 @@ def test_champion_answers_in_kserve_shape(served: Served) -> None:
         assert ready.json()["challenger"]["version"] == served.challenger
 
         response = client.post(PREDICT, json={"instances": [INSTANCE, INSTANCE]})
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["PredictResponse"]
     assert response.status_code == 200, response.text
     body = response.json()
     assert response.headers["x-model-version"] == body["model_version"] == served.champion
@@ -101,6 +104,19 @@ def test_champion_answers_in_kserve_shape(served: Served) -> None:
     assert all(math.isclose(sum(p), 1.0) for p in body["probabilities"])
     assert len(body["request_id"]) == REQUEST_ID_CHARS
     assert body["ids"] == [None, None]
+    # The version's semver and the classes in the probabilities' order, as registered.
+    semvers = {
+        v: served.registry.version(v).tags[TAG_SEMVER] for v in (served.champion, served.challenger)
+    }
+    assert body["model_semver"] == semvers[served.champion]
+    assert ready.json()["champion"]["semver"] == semvers[served.champion]
+    assert ready.json()["challenger"]["semver"] == semvers[served.challenger]
+    pipeline = served.registry.load_verified(served.champion, TRUSTED_TYPES)
+    assert body["classes"] == pipeline.classes_.tolist()
+    assert body["predictions"] == [
+        body["classes"][max(range(len(p)), key=p.__getitem__)] for p in body["probabilities"]
+    ]
+    assert {"classes", "model_semver"} <= set(schema["properties"])
 
 
 BAD_BODIES = {
@@ -470,6 +486,8 @@ def test_mlflow_unreachable_still_serves_from_local_copy(served: Served) -> None
             ready = client.get("/readyz", headers=ADMIN).json()
             assert ready["champion"] == {**ready["champion"], "source": "cache"}
             assert ready["champion"]["version"] == served.champion
+            semver = served.registry.version(served.champion).tags[TAG_SEMVER]
+            assert ready["champion"]["semver"] == semver  # kept with the cached copy
             time.sleep(1)  # a few failed registry polls
             r = client.post(PREDICT, json={"instances": [INSTANCE]})
             assert r.status_code == 200 and r.headers["x-model-version"] == served.champion

@@ -45,7 +45,8 @@ def test_a_regressor_answers_its_pipelines_predictions(regression_served: Regres
     assert (ready["champion"]["task"], ready["challenger"]["task"]) == ("regression",) * 2
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"predictions", "ids", "model_version", "request_id"}
+    assert set(body) == {"predictions", "ids", "model_version", "model_semver", "request_id"}
+    assert body["model_semver"] is None and ready["champion"]["semver"] is None  # no tag
     assert response.headers["x-model-version"] == body["model_version"] == champion.version
     assert body["ids"] == [f"p-{i}" for i in range(40)]
     assert all(type(p) is float for p in body["predictions"])
@@ -64,7 +65,8 @@ def test_the_openapi_schema_documents_floats_and_no_probabilities(
     assert answer["content"]["application/json"]["schema"]["$ref"].endswith("RegressionResponse")
     response = schema["components"]["schemas"]["RegressionResponse"]["properties"]
     assert response["predictions"]["items"] == {"type": "number"}
-    assert "probabilities" not in response
+    assert "probabilities" not in response and "classes" not in response
+    assert "model_semver" in response
     label = schema["components"]["schemas"]["RegressionFeedbackItem"]["properties"]["label"]
     assert {option["type"] for option in label["anyOf"]} == {"integer", "number"}
 
