@@ -23,6 +23,7 @@ def test_asset_graph_snapshot() -> None:
         "feature_drift_report": ("monitoring", ["training_dataset"]),
         "live_model_quality": ("monitoring", []),
         "canary_decision": ("canary", []),
+        "serving_admin_audit": ("serving", []),  # external: observed by audit_sensor
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
     assert checks == {
@@ -45,6 +46,7 @@ def test_jobs_schedules_and_sensors() -> None:
         "drift_sensor",
         "quality_sensor",
         "canary_sensor",
+        "audit_sensor",
         "run_failure_alert",
     }
     assert defs.resolve_schedule_def("nightly_training").cron_schedule == "0 2 * * *"
