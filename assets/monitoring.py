@@ -16,6 +16,12 @@ import mlflow
 import pandas as pd
 
 from driftloop.data import BatchStore, TrainingSet
+from driftloop.estimation import (
+    TAG_CALIBRATION,
+    estimate_gap,
+    estimates_by_version,
+    parse_calibration,
+)
 from driftloop.metrics import metric_named
 from driftloop.monitoring import (
     error_changes,
@@ -32,7 +38,7 @@ from driftloop.monitoring import (
     skipped_log_files,
 )
 from driftloop.pushgateway import push_feature_drift, push_live_quality
-from driftloop.registry import CHAMPION
+from driftloop.registry import CHAMPION, VersionInfo
 from driftloop.schema import load_schema
 from driftloop.training import TRUSTED_TYPES
 from pipelines.resources import DriftloopResource
@@ -200,10 +206,11 @@ def live_model_quality(
     # A regressor has no accuracy: no gauge rather than NaN beside its RMSE.
     accuracy = {q.model_version: q.accuracy for q in qualities if math.isfinite(q.accuracy)}
     score = {q.model_version: q.score for q in qualities}
+    estimated = label_free(driftloop, predictions, joined, accuracy, champion, metadata)
     export(
         context,
         settings.pushgateway_url,
-        lambda url: push_live_quality(url, metric.name, accuracy, score),
+        lambda url: push_live_quality(url, metric.name, accuracy, score, estimated),
     )
     if champion is not None and not joined.empty:
         rows = joined[joined["model_version"] == champion.version].reset_index(drop=True)
@@ -231,6 +238,50 @@ def live_model_quality(
                 f"{drop.metric} {drop.before:.3f} -> {drop.after:.3f}"
             )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def label_free(
+    driftloop: DriftloopResource,
+    predictions: pd.DataFrame,
+    joined: pd.DataFrame,
+    realized: dict[str, float],
+    champion: VersionInfo | None,
+    metadata: dict[str, object],
+) -> dict[str, float]:
+    """Estimated accuracy per served version from its calibrated confidence on every served
+    prediction, labelled or not (`driftloop.estimation`), into `metadata`: beside it the gap
+    to the realized accuracy on the labelled rows, and whether the champion's estimate fell
+    below its holdout accuracy by more than `DRIFTLOOP_ESTIMATED_DROP_THRESHOLD`."""
+    if predictions.empty or "model_version" not in predictions:
+        return {}
+    registry = driftloop.registry()
+    calibrations = {}
+    for version in predictions["model_version"].dropna().unique():
+        calibration = parse_calibration(registry.version(str(version)).tags.get(TAG_CALIBRATION))
+        if calibration is not None:
+            calibrations[str(version)] = calibration
+    if not calibrations:
+        metadata["estimated_accuracy"] = "not available (no calibrated classifier served)"
+        return {}
+    estimates = estimates_by_version(predictions, calibrations)
+    for version, estimate in estimates.items():
+        metadata[f"estimated_accuracy/v{version}"] = estimate.accuracy
+        metadata[f"estimated_accuracy_rows/v{version}"] = estimate.rows
+    labelled = estimates_by_version(joined, calibrations)
+    for version, estimate in labelled.items():
+        if version in realized:
+            gap, beyond = estimate_gap(realized[version], estimate)
+            metadata[f"estimate_gap/v{version}"] = gap
+            metadata[f"estimate_gap_beyond_chance/v{version}"] = beyond
+    if champion is not None and champion.version in estimates:
+        holdout = champion.tags.get("driftloop.holdout_accuracy")
+        estimate = estimates[champion.version]
+        metadata["estimated_accuracy"] = estimate.accuracy
+        if holdout is not None:
+            threshold = driftloop.settings().estimated_drop_threshold
+            metadata["estimated_drop"] = float(holdout) - estimate.accuracy
+            metadata["estimated_drop_flagged"] = estimate.below(float(holdout), threshold)
+    return {version: estimate.accuracy for version, estimate in estimates.items()}
 
 
 def typical_error(tags: dict[str, str], rows: pd.DataFrame, classes: list[str]) -> float:

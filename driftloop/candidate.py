@@ -16,6 +16,7 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.types.schema import ColSpec, Schema
 
 from driftloop.data import TrainingSet
+from driftloop.estimation import TAG_CALIBRATION, calibration_tag, confidence_calibration
 from driftloop.hpo import SearchResult
 from driftloop.modelcard import holdout_slices, render_card, residual_plot
 from driftloop.registry import (
@@ -127,6 +128,9 @@ def register_candidate(
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
         sha256 = directory_sha256(Path(local))
     tags = lineage_tags(training, search, trigger, sha256, holdout)
+    calibration = confidence_calibration(model, *training.xy(training.holdout))
+    if calibration is not None:
+        tags[TAG_CALIBRATION] = calibration_tag(calibration)
     newest = registry.newest()
     tags[TAG_SEMVER] = next_semver(
         None if newest is None else newest.tags, tags[TAG_CONTRACT], training.data_hash

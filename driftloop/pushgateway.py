@@ -18,6 +18,7 @@ DRIFT_SHARE = "driftloop_drift_share"
 NULL_SHARE = "driftloop_null_share"
 LIVE_ACCURACY = "driftloop_live_accuracy"
 LIVE_METRIC = "driftloop_live_metric"
+ESTIMATED_ACCURACY = "driftloop_estimated_accuracy"
 
 
 def push_feature_drift(url: str, share: float, null_share: Mapping[str, float]) -> None:
@@ -40,9 +41,14 @@ def push_feature_drift(url: str, share: float, null_share: Mapping[str, float]) 
 
 
 def push_live_quality(
-    url: str, metric: str, accuracy: Mapping[str, float], score: Mapping[str, float]
+    url: str,
+    metric: str,
+    accuracy: Mapping[str, float],
+    score: Mapping[str, float],
+    estimated: Mapping[str, float],
 ) -> None:
-    """Accuracy and the primary metric (`metric`) per model version."""
+    """Accuracy and the primary metric (`metric`) per model version, and the accuracy
+    estimated without labels."""
     registry = CollectorRegistry()
     accuracies = Gauge(
         LIVE_ACCURACY,
@@ -60,6 +66,14 @@ def push_live_quality(
     )
     for version, value in score.items():
         scores.labels(version, metric).set(value)
+    estimates = Gauge(
+        ESTIMATED_ACCURACY,
+        "Accuracy of served predictions estimated from calibrated confidence, without labels.",
+        ["model_version"],
+        registry=registry,
+    )
+    for version, value in estimated.items():
+        estimates.labels(version).set(value)
     _push(url, "live_quality", registry)
 
 

@@ -224,6 +224,14 @@ class Settings(BaseSettings):
         "score before for rmse and mae; accuracy where it cannot be computed) after a change "
         "point that counts.",
     )
+    estimated_drop_threshold: float = Field(
+        default=0.03,
+        gt=0,
+        le=1,
+        description="Fall of the champion's label-free accuracy estimate below its holdout "
+        "accuracy (and beyond two standard errors) that flags the live-quality run; an alert "
+        "for the operator, since labels for a retrain come later.",
+    )
     retrain_min_rows: int = Field(
         default=1000,
         ge=0,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from driftloop.settings import Settings
 from serving.app import ServeArgs, build_app
+from serving.haproxy_watchdog import HAProxyWatchdog, local_proxy_actor
 
 if TYPE_CHECKING:
     from ray._private.node import Node
@@ -60,6 +61,7 @@ EPHEMERAL_RANGE_FILE = "/proc/sys/net/ipv4/ip_local_port_range"
 _picked_ports: dict[str, str] = {}
 
 _node: Node | None = None
+_watchdog: HAProxyWatchdog | None = None
 
 
 def haproxy_dir(settings: Settings) -> Path:
@@ -178,7 +180,7 @@ def start(
     settings: Settings, args: ServeArgs, num_cpus: int | None = None, haproxy: bool = True
 ) -> str:
     """Start Ray and Serve on 127.0.0.1 and deploy; returns the base URL once ready."""
-    global _node
+    global _node, _watchdog
     import ray
     from ray import serve
     from ray._private import ray_constants
@@ -208,6 +210,9 @@ def start(
         ray.init(address=_node.address, runtime_env={"env_vars": env}, log_to_driver=False)
     serve.start(http_options=options)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    if haproxy and _watchdog is None:
+        _watchdog = HAProxyWatchdog(lambda: haproxy_pids(settings), local_proxy_actor)
+        _watchdog.start()
     return f"{'https' if tls else 'http'}://{settings.serve_host}:{settings.serve_port}"
 
 
@@ -217,11 +222,14 @@ def stop(settings: Settings) -> None:
     Each step runs even if the one before it failed: a half-stopped Ray must not keep the
     port or leave HAProxy behind.
     """
-    global _node
+    global _node, _watchdog
     import ray
     from ray import serve
 
     node, _node = _node, None
+    watchdog, _watchdog = _watchdog, None
+    if watchdog is not None:  # before anything stops HAProxy on purpose
+        watchdog.stop()
     with contextlib.ExitStack() as later:  # callbacks run last-in first-out, each regardless
         later.callback(_end_haproxy, settings)
         if node is not None:

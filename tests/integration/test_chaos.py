@@ -15,16 +15,14 @@ from tests.conftest import land, train
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Measured over quick soaks on this machine (docs/benchmarks.md, "chaos soak"; load
-# average 7-13 from other work): 92-94 % of attempts answered, nearly all failures while
-# HAProxy is down: Serve declares its manager unhealthy after three health checks 10 s
-# apart and starts a new one, which answers 404 until it has its backends (25-36 s without
-# an answer). Every other fault cost at most 3 attempts. A 45 s outage in the ~150 s soak,
-# at the ~44 attempts/s the backing-off clients make against a refusing port, leaves 88 %;
-# a soak in which a fault is not recovered from (HAProxy never back: about 65 %) or in
-# which another fault costs more than a handful of requests fails.
-MIN_AVAILABILITY = 0.88
-MAX_GAP_S = 45.0
-MAX_FAILED_AFTER_OTHER_FAULTS = 20
+# average 6-13 from other work): 99.93 % of attempts answered, the longest gap 0.4 s; the
+# worst fault cost 12 attempts (HAProxy SIGKILLed, back in 0.33 s through
+# `serving.haproxy_watchdog`; without it Serve's health checks took 6-36 s). The bounds
+# leave room for a machine twice as busy; a fault not recovered from within seconds (as
+# HAProxy was before the watchdog) fails every one of them.
+MIN_AVAILABILITY = 0.995
+MAX_GAP_S = 5.0
+MAX_FAILED_PER_FAULT = 40
 # A SIGKILLed replica loses what it answered since its last published segment: at most its
 # share of the load over the bound (flush interval + slack).
 MAX_LOST_TO_SIGKILL = chaos.RATE / chaos.REPLICAS
@@ -46,8 +44,7 @@ def test_the_short_chaos_soak_keeps_answering_from_gated_models(
     assert result["availability"] >= MIN_AVAILABILITY, result["failed_after_fault"]
     assert result["longest_gap_s"] <= MAX_GAP_S, result["gaps_over_1s"]
     for fault, causes in result["failed_after_fault"].items():
-        if not fault.startswith("kill_haproxy"):
-            assert sum(causes.values()) <= MAX_FAILED_AFTER_OTHER_FAULTS, (fault, causes)
+        assert sum(causes.values()) <= MAX_FAILED_PER_FAULT, (fault, causes)
     assert result["ungated_answers"] == 0
     assert result["log_records_lost_other"] == 0, result
     assert (

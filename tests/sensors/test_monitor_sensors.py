@@ -198,6 +198,13 @@ def test_monitors_export_gauges_to_the_pushgateway(monitored: Settings, monkeypa
     assert score.labels.items() >= {**expected, "metric": metric}.items()
     assert score.value == pytest.approx(quality[f"{metric}/v{version}"].value)
     assert np.isfinite(score.value)
+    # Label-free: the calibrated confidence follows a covariate shift (P(y | x) unchanged).
+    estimated = quality[f"estimated_accuracy/v{version}"].value
+    assert {
+        s.labels["model_version"]: s.value for s in families["driftloop_estimated_accuracy"].samples
+    } == {version: pytest.approx(estimated)}
+    assert abs(estimated - accuracy[version]) < 0.05
+    assert abs(quality[f"estimate_gap/v{version}"].value) < 0.05
     nulls = {s.labels["feature"]: s.value for s in families["driftloop_null_share"].samples}
     features = load_schema(settings.schema_path).feature_names
     assert nulls == {f: drift[f"null_share/{f}"].value for f in features} and nulls["age"] == 0
@@ -235,6 +242,11 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
             f"accuracy/v{materialization.metadata['champion_version'].value}"
         ]
         assert np.isfinite(accuracy.value)
+        # The concept moved, the inputs did not: the confidence still promises the holdout
+        # accuracy, and the gap to the realized accuracy is beyond chance.
+        version = metadata["champion_version"].value
+        assert metadata[f"estimate_gap/v{version}"].value < -0.05
+        assert metadata[f"estimate_gap_beyond_chance/v{version}"].value is True
 
 
 def test_a_quality_drop_stays_pending_until_its_rows_have_landed(
