@@ -241,6 +241,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  excluded {column['name']!r} ({column['role']}): {column['reason']}")
     print(f"last ingest: {report['last_ingest']}")
     print(f"last run: {report['last_run']}")
+    live = report["live_quality"]
+    if live is not None:
+        print(
+            f"live quality ({live['at']}): v{live['version']} {live['metric']} {live['score']} "
+            f"on {live['labelled']} labelled; estimated accuracy {live['estimated_accuracy']} "
+            f"without labels (gap to realized {live['estimate_gap']}"
+            f"{', estimated drop flagged' if live['estimated_drop_flagged'] else ''})"
+        )
     audit = report["audit"]
     print(f"admin actions (newest {STATUS_AUDIT_ENTRIES}):" if audit else "admin actions: -")
     for entry in audit:
@@ -299,6 +307,7 @@ def status_report(settings: Settings) -> dict[str, Any]:
         "dataset": _dataset(schema, settings),
         "last_ingest": last_ingest,
         "last_run": _last_run(settings),
+        "live_quality": _live_quality(settings),
         "audit": [entry.fields for entry in audit.read(limit=STATUS_AUDIT_ENTRIES)],
     }
 
@@ -351,6 +360,34 @@ def _last_run(settings: Settings) -> dict[str, Any] | None:
             "status": run.status.value,
             "at": records[0].create_timestamp.isoformat(),
         }
+
+
+def _live_quality(settings: Settings) -> dict[str, Any] | None:
+    """The newest live-quality run: the champion's realized metric beside the accuracy its
+    calibrated confidence estimates without labels."""
+    if not (settings.dagster_home / "dagster.yaml").exists():
+        return None
+    import dagster as dg
+
+    from pipelines.launch import prepare_dagster_home
+
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("live_model_quality"))
+    if event is None or event.asset_materialization is None:
+        return None
+    metadata = {key: value.value for key, value in event.asset_materialization.metadata.items()}
+    version, metric = metadata.get("champion_version"), metadata.get("metric")
+    return {
+        "at": datetime.fromtimestamp(event.timestamp, UTC).isoformat(),
+        "version": version,
+        "metric": metric,
+        "score": metadata.get(f"{metric}/v{version}"),
+        "labelled": metadata.get(f"count/v{version}", 0),
+        "estimated_accuracy": metadata.get("estimated_accuracy"),
+        "estimate_gap": metadata.get(f"estimate_gap/v{version}"),
+        "estimated_drop_flagged": bool(metadata.get("estimated_drop_flagged", False)),
+    }
 
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from driftloop.cli import status_report
 from driftloop.data import BatchStore
 from driftloop.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.schema import load_schema
@@ -247,6 +248,10 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
         version = metadata["champion_version"].value
         assert metadata[f"estimate_gap/v{version}"].value < -0.05
         assert metadata[f"estimate_gap_beyond_chance/v{version}"].value is True
+    live = status_report(settings)["live_quality"]  # what `driftloop status` prints
+    assert live["version"] == version and live["labelled"] == 3000
+    assert live["estimate_gap"] == pytest.approx(metadata[f"estimate_gap/v{version}"].value)
+    assert live["estimated_accuracy"] > metadata[f"accuracy/v{version}"].value + 0.05
 
 
 def test_a_quality_drop_stays_pending_until_its_rows_have_landed(
