@@ -146,6 +146,7 @@ class Served:
     features: dict[str, float]
     label: int | float
     prediction: str | float
+    confidence: float | None = None  # the answer's top-class probability (classifiers)
 
 
 @dataclass
@@ -379,7 +380,9 @@ class Traffic(threading.Thread):
         body = response.json()
         version = str(body["model_version"])
         prediction = self.state.quality.parse(body["predictions"][0])
-        served = Served(self.state.now(), version, features, label, prediction)
+        probabilities = body.get("probabilities")
+        confidence = max(probabilities[0]) if probabilities else None
+        served = Served(self.state.now(), version, features, label, prediction, confidence)
         with self.state.lock:
             self.state.served.append(served)
             self.state.first_answer.setdefault(version, served.t)
@@ -530,7 +533,12 @@ class Watcher(threading.Thread):
             if before is None:
                 reason = tags.get("driftloop/trigger_reason", "")
                 self.state.retrains.append(
-                    {"run_id": run["runId"], "trigger": trigger, "t": self.state.now()}
+                    {
+                        "run_id": run["runId"],
+                        "trigger": trigger,
+                        "reason": reason,
+                        "t": self.state.now(),
+                    }
                 )
                 self.state.record(f"training run requested ({trigger}: {reason[:80]})")
             if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
@@ -661,11 +669,16 @@ def _loop(
         traffic.join(timeout=30)
         watcher.stop_event.set()
         watcher.join(timeout=30)
-    summary = _summarise(plan, settings, state, first, onset, onset_index, concept, serving_at)
+    estimator = None if state.quality.regression else _Estimator.from_registry(settings)
+    summary = _summarise(
+        plan, settings, state, first, onset, onset_index, concept, serving_at, estimator
+    )
     summary["rollback_s"], summary["rollback_requests"] = drill["seconds"], drill["requests"]
+    # The drill's canary: answers the bad challenger gave before the rollback decision.
+    summary["canary_samples_to_decision"] = drill["requests"]
     _print_timeline(state, out)
     plot = home / f"{state.quality.metric}.png"
-    _plot(state, plot)
+    _plot(state, plot, estimator)
     out(f"plot: {plot}")
     target = json_path or home / "summary.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -756,6 +769,7 @@ def _summarise(
     onset_index: int,
     concept: float,
     serving_at: float | None,
+    estimator: _Estimator | None = None,
 ) -> dict[str, Any]:
     """The issue's summary keys; times are seconds since the traffic started."""
     served, quality = state.served, state.quality
@@ -779,6 +793,11 @@ def _summarise(
         learn, after = post[:cut], post[cut:]
     static, oracle = _counterfactuals(plan, settings, quality, first, learn, after)
     versions = [e.version for e in state.events if e.name.endswith("serves as @champion")]
+    first_retrain = next((r for r in state.retrains if r["t"] >= onset), None)
+
+    def unchanged(s: Served) -> bool:  # answered by the champion from before the drift
+        return first is None or s.version == first
+
     return {
         "drift_onset_s": round(onset, 1),
         "detected_at_s": None if detected is None else round(detected, 1),
@@ -795,11 +814,69 @@ def _summarise(
             "static_after": static,
             "oracle_after": oracle,
         },
+        # Realized and label-free accuracy of the first champion in each phase: the
+        # estimate follows the covariate shift and misses the concept change.
+        "estimated_accuracy": None
+        if estimator is None
+        else {
+            phase: {"realized": _rounded(quality.of(rows)), "estimated": estimator.of(rows)}
+            for phase, rows in (
+                ("before", before),
+                ("covariate_shift", [s for s in during if s.t < concept and unchanged(s)]),
+                ("concept_drift", [s for s in learn if unchanged(s)]),
+            )
+        },
+        "detected_by": None
+        if first_retrain is None
+        else {
+            "trigger": first_retrain["trigger"],
+            "reason": first_retrain["reason"],
+            "labelled_samples_after_onset": delay,
+        },
+        # Retrains the monitors asked for on calm traffic, before any drift was injected.
+        "false_alarms": sum(
+            1 for r in state.retrains if r["t"] < onset and r["trigger"] in ("drift", "quality")
+        ),
         "rollback_s": None,
         "rollback_requests": None,
+        "canary_samples_to_decision": None,
         "events": [e.as_dict() for e in state.events],
         "champion_versions": [v for v in versions if v is not None],
     }
+
+
+class _Estimator:
+    """Label-free accuracy over answered requests, each row by the calibration registered
+    with its version (`driftloop.estimation`), as the monitor computes it."""
+
+    def __init__(self, calibration_of: Callable[[str], np.ndarray | None]) -> None:
+        self.calibration_of = calibration_of
+        self.calibrations: dict[str, np.ndarray | None] = {}
+
+    @classmethod
+    def from_registry(cls, settings: Settings) -> _Estimator:
+        from driftloop.estimation import TAG_CALIBRATION, parse_calibration
+        from driftloop.registry import Registry, configure_tracking
+
+        configure_tracking(settings)
+        registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
+        return cls(lambda v: parse_calibration(registry.version(v).tags.get(TAG_CALIBRATION)))
+
+    def of(self, served: Sequence[Served]) -> float | None:
+        """Mean calibrated confidence over `served` (each row by its version's map); None
+        with fewer calibrated rows than the monitor needs."""
+        from driftloop.estimation import GRID, MIN_ESTIMATE_ROWS
+
+        calibrated = []
+        for s in served:
+            if s.version not in self.calibrations:
+                self.calibrations[s.version] = self.calibration_of(s.version)
+            calibration = self.calibrations[s.version]
+            if calibration is not None and s.confidence is not None:
+                calibrated.append(float(np.interp(s.confidence, GRID, calibration)))
+        return (
+            _rounded(float(np.mean(calibrated))) if len(calibrated) >= MIN_ESTIMATE_ROWS else None
+        )
 
 
 def _counterfactuals(
@@ -853,8 +930,9 @@ def _print_timeline(state: LoopState, out: Callable[[str], None]) -> None:
         out(f"{event.t:7.1f}  {version:>7}  {_shown(event.value):>9}  {event.name}")
 
 
-def _plot(state: LoopState, path: Path) -> None:
-    """The live metric in 5 s buckets with every event as a labelled vertical line."""
+def _plot(state: LoopState, path: Path, estimator: _Estimator | None = None) -> None:
+    """The live metric in 5 s buckets with every event as a labelled vertical line, and for
+    a classifier the accuracy its calibrated confidence estimates without labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -873,6 +951,20 @@ def _plot(state: LoopState, path: Path) -> None:
     metric = quality.metric
     fig, ax = plt.subplots(figsize=(12, 5))
     ax.plot(times, values, color="black", linewidth=1.2, label=f"live {metric} (5 s buckets)")
+    if not quality.regression and estimator is not None:
+        points = [
+            (start + 5.0, estimator.of([s for s in served if start <= s.t < start + 10]))
+            for start in np.arange(0, end, 5.0)
+        ]
+        shown = [(t, v) for t, v in points if v is not None]
+        if shown:
+            ax.plot(
+                *zip(*shown, strict=True),
+                color="tab:blue",
+                linestyle="--",
+                linewidth=1.0,
+                label="estimated accuracy, no labels (10 s windows)",
+            )
     notable = ("drift injected", "serves as @champion", "training run requested", "rolled back")
     for event in state.events:
         if any(word in event.name for word in notable):

@@ -11,11 +11,25 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from driftloop.demo import QUICK, LoopState, Quality, Served, _plot, _summarise, child_env
+from driftloop.demo import (
+    QUICK,
+    LoopState,
+    Quality,
+    Served,
+    _Estimator,
+    _plot,
+    _summarise,
+    child_env,
+)
+from driftloop.estimation import confidence_calibration
+from driftloop.schema import infer_schema
 from driftloop.settings import Settings
-from driftloop.simulate import DriftPlan, stream_for
+from driftloop.simulate import DriftPlan, LoanStream, stream_for
+from driftloop.training import DEFAULT_TRIALS, make_model
 
 
 def test_the_demo_module_imports_neither_dagster_nor_ray() -> None:
@@ -77,3 +91,55 @@ def test_a_regression_summary_reports_rmse_with_the_worst_as_max_during(tmp_path
     }
     _plot(state, tmp_path / "rmse.png")
     assert (tmp_path / "rmse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _classification_traffic() -> tuple[LoopState, _Estimator]:
+    """60 s of loans at 25 per second, answered by the loop's default pipeline (calibrated
+    as registration calibrates it): calm until 20 s, covariate shift from 20 s, concept
+    drift from 40 s; a drift retrain asked for in the calm phase and a quality one after."""
+    stream = LoanStream(seed=5)
+    train, holdout = stream.take_frame(3000, "label"), stream.take_frame(1000, "label")
+    model = make_model(
+        DEFAULT_TRIALS["classification"][0], infer_schema(train, "label"), seed=0
+    ).fit(train.drop(columns="label"), train["label"])
+    calibration = np.asarray(
+        confidence_calibration(model, holdout.drop(columns="label"), holdout["label"])
+    )
+    rows = []
+    for i in range(1500):
+        if i == 500:
+            stream.plan = DriftPlan(covariate_shift_at=stream.position)
+        if i == 1000:
+            stream.plan = DriftPlan(concept_drift_at=stream.position, drift_function=1)
+        rows.append(next(stream))
+    probabilities = model.predict_proba(pd.DataFrame([features for features, _ in rows]))
+    state = LoopState(started=0.0, quality=Quality.for_task("classification"))
+    for i, ((features, y), p) in enumerate(zip(rows, probabilities, strict=True)):
+        prediction = state.quality.parse(model.classes_[p.argmax()])
+        state.served.append(Served(i / 25, "1", features, y, prediction, float(p.max())))
+    state.champion = "1"
+    state.retrains = [
+        {"run_id": "a", "trigger": "drift", "reason": "calm noise", "t": 5.0},
+        {"run_id": "b", "trigger": "quality", "reason": "adwin at 120", "t": 45.0},
+    ]
+    return state, _Estimator({"1": calibration}.get)
+
+
+def test_a_classification_summary_sets_the_estimate_beside_the_realized_accuracy(
+    tmp_path: Path,
+) -> None:
+    state, estimator = _classification_traffic()
+    summary = _summarise(
+        QUICK, Settings(home=tmp_path), state, None, 20.0, 500, 40.0, None, estimator
+    )
+    phases = summary["estimated_accuracy"]
+    assert (
+        abs(phases["covariate_shift"]["estimated"] - phases["covariate_shift"]["realized"]) < 0.05
+    )
+    concept = phases["concept_drift"]
+    assert concept["estimated"] - concept["realized"] > 0.15  # the concept moved unseen
+    assert summary["false_alarms"] == 1
+    assert summary["detected_by"]["trigger"] == "quality"
+    assert summary["detected_by"]["reason"] == "adwin at 120"
+    _plot(state, tmp_path / "accuracy.png", estimator)
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
