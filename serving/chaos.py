@@ -53,6 +53,8 @@ from serving.app import ServeArgs
 REPLICAS = 2
 DEPLOYMENT = "driftloop"  # the ModelServer deployment's name in `serving.app`
 RATE = 200.0  # requests/s over all workers: a steady load both cores carry with room
+# Seconds a process this run started may take to exit after stop before it counts as left.
+LEFTOVER_GRACE_S = 10.0
 WORKERS = 8
 RETRIES = 3  # `driftloop.client.Client`'s default
 TIMEOUT_S = 5.0
@@ -666,14 +668,17 @@ def _gating(ok: list[Attempt], states: list[AliasState]) -> tuple[int, dict[str,
     return ungated, {"count": stale, "longest_after_move_s": round(worst, 2)}
 
 
-def _leftovers(seen: set[tuple[int, float]]) -> list[int]:
-    """Processes this run started that still run (pid and start time both match)."""
-    alive = []
+def _leftovers(seen: set[tuple[int, float]], grace_s: float = LEFTOVER_GRACE_S) -> list[int]:
+    """Processes this run started that still run `grace_s` after stop (pid and start time
+    both match): a Ray worker told to exit may take a moment on a loaded machine."""
+    ours = []
     for pid, created in seen:
         with contextlib.suppress(psutil.Error):
-            if psutil.Process(pid).create_time() == created:
-                alive.append(pid)
-    return sorted(alive)
+            process = psutil.Process(pid)
+            if process.create_time() == created:
+                ours.append(process)
+    _, alive = psutil.wait_procs(ours, timeout=grace_s)
+    return sorted(p.pid for p in alive)
 
 
 def table(result: dict[str, Any]) -> str:
