@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.types.schema import ColSpec, Schema
 
@@ -19,6 +20,7 @@ from driftloop.data import TrainingSet
 from driftloop.estimation import TAG_CALIBRATION, calibration_tag, confidence_calibration
 from driftloop.hpo import SearchResult
 from driftloop.modelcard import holdout_slices, render_card, residual_plot
+from driftloop.onnx_export import ONNX_ARTIFACT_DIR, ONNX_FILE, TAG_ONNX, export_onnx
 from driftloop.registry import (
     CANDIDATE,
     TAG_DATA_HASH,
@@ -124,6 +126,7 @@ def register_candidate(
         if training.schema.is_regression and len(training.holdout):
             mlflow.log_figure(residual_plot(model, training), "residuals.png")
         mlflow.set_tags({TAG_DATA_HASH: training.data_hash, TAG_TRIGGER: trigger})
+        log_onnx(model, training.schema, pd.concat([training.xy(training.holdout)[0], x]))
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp)
         sha256 = directory_sha256(Path(local))
@@ -141,6 +144,19 @@ def register_candidate(
     version = registry.register(info.model_id, search.parent_run_id, tags, card)
     registry.set_alias(CANDIDATE, version.version)
     return Candidate(version, True, holdout, search.parent_run_id)
+
+
+def log_onnx(model: Any, schema: DatasetSchema, rows: pd.DataFrame) -> None:
+    """In the active run: the pipeline's ONNX export as `onnx/model.onnx` (for onnxruntime
+    or Triton elsewhere; outside the model's directory, so its digest is unchanged), and the
+    `driftloop.onnx` tag naming it or saying why there is none. Conversion never fails us."""
+    exported = export_onnx(model, schema, rows)
+    if exported.model is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / ONNX_FILE
+            path.write_bytes(exported.model)
+            mlflow.log_artifact(str(path), artifact_path=ONNX_ARTIFACT_DIR)
+    mlflow.set_tag(TAG_ONNX, exported.note)
 
 
 def lineage_tags(

@@ -12,6 +12,21 @@ value and an unseen one, so infrequent categories and missing values land where 
 puts them without re-implementing its rules. Only what `make_model` builds is compiled;
 anything else raises `NotCompilable` and the model is served by the pandas path.
 `serving.model` also compares both paths on probe rows before using this one.
+
+Kept over maintained compilers, measured (issue 16; scripts/bench_fastpath_libs.py, one
+thread, median per call interleaved, the loans' 211-tree classifier; docs/benchmarks.md):
+- onnxruntime on skl2onnx's whole pipeline: 1.7 ms for 1 row against our 0.8 ms, and wrong
+  for this model: skl2onnx writes categorical splits as thresholds (probabilities 0.95
+  off) and rounds inputs to float32 (a diabetes split flips, 16.3 off).
+- treelite 4.8's interpreter on our encoded matrix: float64-exact (9e-16), faster for a
+  few rows (0.5 ms against 0.8 ms at 1, 1.1 against 5.7 ms at 8) but twice slower from 32
+  rows; it sums the baseline last, so a regressor is not bit-identical and would fail the
+  load check. tl2cgen's C build of it is fastest everywhere (0.3 ms at 1 row, 9 ms at 256)
+  but costs a gcc run per version (5 s to 205 s here, 139 s for this model) and a native
+  library to load outside skops' allow-list.
+- Neither lifts the `scikit-learn<1.10` pin: treelite's importer reads the same private
+  attributes (`_predictors`, `_bin_mapper`, `_preprocessor`, `_baseline_prediction`) and
+  needs our compiled columns for the encoding anyway.
 """
 
 from __future__ import annotations
