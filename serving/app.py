@@ -658,7 +658,9 @@ class ModelServer:
         response = Response(
             answer.encode(),
             media_type="application/json",
-            headers={"X-Model-Version": model.version},
+            # X-Replica: the writer id its prediction log files carry (Serve's replica id
+            # first), so a caller or a test can tell which replica, on which node, answered.
+            headers={"X-Model-Version": model.version, "X-Replica": self.store.writer_id},
         )
         elapsed = time.perf_counter() - started
         self._observe(model, route, elapsed)

@@ -4,7 +4,7 @@ What `serve start --http-host H --http-port P` does on the compose Ray head, plu
 command has no flags for: TLS from `DRIFTLOOP_SERVE_TLS_CERTFILE`/`_KEYFILE` (the same
 check as `driftloop serve`). Host and port come from `DRIFTLOOP_SERVE_HOST`/`_PORT`. Run it
 before `serve deploy serving/serve_config.yaml`: proxy options are fixed when Serve starts,
-so the config file's local-only `http_options` then do not apply.
+so the config file's `http_options` then do not apply.
 """
 
 from __future__ import annotations

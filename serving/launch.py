@@ -1,5 +1,9 @@
 """Starting and stopping the application on a local Ray instance (CLI, tests, benchmark).
 
+What is deployed is serving/serve_config.yaml, the file `serve deploy` and a RayService
+run, through the same Serve calls the dashboard makes for `serve deploy`; `start` with an
+address deploys it onto a running cluster instead (tests/integration/test_cluster.py).
+
 Ray Serve's high-throughput mode (HAProxy in front, replicas answering HTTP directly) is
 on by default: on two cores it is the difference between ~250 and ~1,500 requests/s.
 HAProxy is a child process of Ray; it gets a config path of our own so that `stop` can
@@ -35,16 +39,22 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from driftloop.settings import Settings
-from serving.app import ServeArgs, build_app
+from serving.app import ServeArgs
 from serving.haproxy_watchdog import HAProxyWatchdog, local_proxy_actor
 
 if TYPE_CHECKING:
     from ray._private.node import Node
+    from ray.serve.schema import ServeDeploySchema
 
 APP_NAME = "driftloop"
+# The deployment artifact: what `serve deploy` and a RayService run, and `start` too.
+CONFIG_FILE = Path(__file__).with_name("serve_config.yaml")
+SERVE_NAMESPACE = "serve"  # the namespace `serve deploy` and `serve start` connect in
 # Ray's default (30 s) is for a load balancer on another machine to deregister a stopping
 # replica; the local HAProxy reloads within a second (10 s still covers a keep-alive client
 # of the HAProxy process being replaced), and every stop waited the full 30 s.
@@ -176,19 +186,82 @@ def _ephemeral_range_start() -> int:
         return FIRST_CHOSEN_PORT  # unknown (not Linux): let the kernel choose
 
 
+def deploy_config(settings: Settings, args: ServeArgs, local: bool) -> ServeDeploySchema:
+    """serve_config.yaml with what this deployment's environment decides in it.
+
+    `args` given here replace the file's arguments; the deployment's `user_config` is the
+    routing the application derives from them and the settings (the file's values unless
+    DRIFTLOOP_CANARY_WEIGHT and its kin say otherwise); a replica count, when given,
+    replaces the file's autoscaling (always on a local node: its CPUs are fixed, there is
+    nothing to scale into). The proxy takes its port and TLS from the settings, its host
+    from the file on a cluster (all interfaces: HAProxy on each node forwards to replicas on
+    the others, and a loopback host refuses them) and from DRIFTLOOP_SERVE_HOST locally
+    (127.0.0.1 unless set: the local node is alone and bound to loopback, nothing on
+    another node has to reach it, and a laptop's endpoint stays off the network).
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    raw: dict[str, Any] = yaml.safe_load(CONFIG_FILE.read_text())
+    (app,) = raw["applications"]
+    app["args"] = {**app["args"], **args.model_dump(exclude_unset=True, exclude_none=True)}
+    merged = ServeArgs.model_validate(app["args"])
+    (deployment,) = app["deployments"]
+    deployment["user_config"] = merged.routing(merged.settings()).model_dump()
+    replicas = merged.num_replicas or (settings.serve_replicas if local else None)
+    if replicas is not None:
+        deployment["num_replicas"] = replicas
+        deployment.pop("autoscaling_config", None)
+    proxy = proxy_options(settings)
+    if not local:
+        proxy["host"] = raw["http_options"]["host"]
+    raw["http_options"] = {**raw["http_options"], **proxy}
+    return ServeDeploySchema.model_validate(raw)
+
+
+def _deploy(config: ServeDeploySchema) -> None:
+    """What `serve deploy` has the dashboard do (Ray's `serve_head.put_all_applications`):
+    start Serve with the config's proxy options (kept if Serve runs already) and hand the
+    controller the config, which builds the application from its import path on the
+    cluster. Then wait as `serve.run` does: for the application RUNNING (a failed build
+    raises with its message) and every proxy serving it."""
+    from ray.serve._private.api import serve_start
+
+    client = serve_start(
+        http_options=config.http_options.model_dump(),
+        grpc_options=config.grpc_options.model_dump(),
+        proxy_location=config.proxy_location,
+    )
+    client.deploy_apps(config)
+    client._wait_for_application_running(APP_NAME)
+    client.wait_for_proxies_serving(wait_for_applications_running=True)
+
+
 def start(
-    settings: Settings, args: ServeArgs, num_cpus: int | None = None, haproxy: bool = True
+    settings: Settings,
+    args: ServeArgs,
+    num_cpus: int | None = None,
+    haproxy: bool = True,
+    address: str | None = None,
 ) -> str:
-    """Start Ray and Serve on 127.0.0.1 and deploy; returns the base URL once ready."""
+    """Deploy serving/serve_config.yaml; returns the base URL once it answers.
+
+    Without `address` on a Ray node of our own on 127.0.0.1, with the environment
+    `serve_env` gives it; with one on that running cluster, whose nodes' environment
+    decides HAProxy and its ports. The two differ in nothing else (`deploy_config`).
+    """
     global _node, _watchdog
     import ray
-    from ray import serve
     from ray._private import ray_constants
     from ray._private.node import Node
     from ray._private.parameter import RayParams
 
-    options = proxy_options(settings)
-    tls = "ssl_certfile" in options
+    config = deploy_config(settings, args, local=address is None)  # bad settings fail here
+    tls = config.http_options.ssl_certfile is not None
+    if address is not None:
+        if not ray.is_initialized():
+            ray.init(address=address, namespace=SERVE_NAMESPACE, log_to_driver=False)
+        _deploy(config)
+        return f"{'https' if tls else 'http'}://{settings.serve_host}:{settings.serve_port}"
     haproxy = haproxy and not tls
     env = serve_env(settings, haproxy)
     os.environ.update(env)
@@ -208,8 +281,7 @@ def start(
         )
         _node = Node(params, head=True, shutdown_at_exit=True, spawn_reaper=True)
         ray.init(address=_node.address, runtime_env={"env_vars": env}, log_to_driver=False)
-    serve.start(http_options=options)
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    _deploy(config)
     if haproxy and _watchdog is None:
         _watchdog = HAProxyWatchdog(lambda: haproxy_pids(settings), local_proxy_actor)
         _watchdog.start()
