@@ -9,6 +9,7 @@ from pipelines.jobs import canary_job, ingest_job, monitoring_job, training_job
 from pipelines.monitor_sensors import (
     canary_sensor,
     drift_sensor,
+    error_stream_sensor,
     prediction_log_sensor,
     quality_sensor,
     run_failure_alert,
@@ -36,6 +37,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 prediction_log_sensor(settings),
                 drift_sensor(settings),
                 quality_sensor(settings),
+                error_stream_sensor(settings),
                 canary_sensor(settings),
                 audit_sensor(settings),
                 run_failure_alert,

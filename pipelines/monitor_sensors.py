@@ -1,5 +1,7 @@
 """When does retraining start? Here: on confirmed feature drift or a jump in null share, or
-a detected quality drop, at most once per cooldown, plus an alert for every failed run."""
+a detected quality drop (in a monitoring run's verdict, or by the streaming detectors fed
+each new labelled outcome on every tick), at most once per cooldown, plus an alert for
+every failed run."""
 
 import json
 import math
@@ -10,8 +12,11 @@ import dagster as dg
 
 from driftloop.alerts import notify
 from driftloop.data import BatchStore
-from driftloop.registry import CANDIDATE, CHALLENGER, TAG_QUEUED
+from driftloop.registry import CANDIDATE, CHALLENGER, CHAMPION, TAG_QUEUED
+from driftloop.schema import load_schema
 from driftloop.settings import Settings
+from driftloop.storage import Folder
+from driftloop.streaming import Alarm, advance, has_new_feedback, load_state, save_state
 from pipelines.jobs import canary_job, monitoring_job, training_job
 from pipelines.resources import (
     TRAIN_SINCE_TAG,
@@ -86,11 +91,16 @@ def _why_not_now(
 
 
 def _retrain_request(
-    trigger: str, reason: str, run_key: str, train_since: float | None
+    trigger: str,
+    reason: str,
+    run_key: str,
+    train_since: float | None,
+    extra_tags: dict[str, str] | None = None,
 ) -> dg.RunRequest:
     notify("drift_detected" if trigger == "drift" else "retrain_started", reason)
     # Ahead of queued ingest and monitoring runs: the rows it needs are already accepted.
     tags = {TRIGGER_TAG: trigger, TRIGGER_REASON_TAG: reason[:200], "dagster/priority": "5"}
+    tags.update(extra_tags or {})
     if train_since is not None:
         # Rows from before the change would teach the retrain the old world again.
         tags[TRAIN_SINCE_TAG] = f"{train_since:.3f}"
@@ -227,6 +237,120 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
             "noticed": record.timestamp,
             "key": f"quality-{record.run_id}",
         }
+
+    return _sensor
+
+
+# What the streaming detectors found, on the retrain they start (beside TRAIN_SINCE_TAG,
+# which is the change time).
+DETECTOR_TAG = "driftloop/detector"
+DETECTED_AFTER_TAG = "driftloop/detected_after_samples"
+CHANGE_SAMPLE_TAG = "driftloop/change_at_sample"
+CHANGE_AT_TAG = "driftloop/change_at"
+
+
+def error_stream_folder(settings: Settings) -> Folder:
+    """Where the streaming detectors keep their state: beside the run workers' values
+    (local under the home, or the IO bucket in scale-out), never in the serving log."""
+    if settings.io_bucket is None:
+        return Folder(settings.io_dir / "error_stream")
+    prefix = settings.io_prefix.strip("/")
+    return Folder(f"s3://{settings.io_bucket}/{prefix}/error_stream", settings.s3_endpoint_url)
+
+
+def _alarm_pending(alarm: Alarm, champion: str, key: str, noticed: float) -> dict[str, Any]:
+    """An alarm as the cursor keeps it until its retrain starts."""
+    reason = (
+        f"error stream: {alarm.detector} saw v{champion}'s errors rise "
+        f"{alarm.before:.3f} -> {alarm.after:.3f} after {alarm.samples} labelled samples "
+        f"(change at sample {alarm.change_sample})"
+    )
+    tags = {
+        DETECTOR_TAG: alarm.detector,
+        DETECTED_AFTER_TAG: str(alarm.samples),
+        CHANGE_SAMPLE_TAG: str(alarm.change_sample),
+        CHANGE_AT_TAG: f"{alarm.change_at:.3f}",
+    }
+    return {
+        "reason": reason,
+        "since": alarm.change_at,
+        "noticed": noticed,
+        "key": key,
+        "tags": tags,
+    }
+
+
+def error_stream_sensor(settings: Settings) -> dg.SensorDefinition:
+    """ADWIN, Page-Hinkley and CUSUM fed, on each tick, the champion's labelled outcomes
+    that are new since the last one; an alarm retrains as a quality drop does.
+
+    The step runs here, in the sensor (a listing when nothing is new; a few reads and
+    milliseconds of detector updates when feedback arrived), not in a run: detection
+    waits for the next tick, not for a monitoring run. Its state is a JSON file per step
+    (`error_stream_folder`) that the cursor names, so a tick whose cursor never committed
+    is redone from the state before it and asks for the same run key. An alarm stays
+    pending in the cursor until its retrain starts, like the quality sensor's drops.
+    """
+
+    @dg.sensor(
+        name="error_stream_sensor",
+        job=training_job,
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Feeds each new labelled outcome to ADWIN, Page-Hinkley and CUSUM on the "
+        "champion's errors; retrains from the change time when one fires.",
+    )
+    def _sensor(context: dg.SensorEvaluationContext, driftloop: DriftloopResource):
+        cursor = json.loads(context.cursor or "{}")
+        home = driftloop.settings()
+        folder = error_stream_folder(home)
+        step = int(cursor.get("step", 0))
+        state = load_state(folder, step)
+        now, lookback = time.time(), home.monitor_window_s
+        found = "no new feedback"
+        if has_new_feedback(state, home.feedback_log, now, lookback):
+            schema = load_schema(home.schema_path)
+            champion = driftloop.registry().by_alias(CHAMPION) if schema is not None else None
+            found = "new feedback, but no @champion to judge"
+            if schema is not None and champion is not None:
+                mae = champion.tags.get("driftloop.holdout_mae")
+                result = advance(
+                    state,
+                    home.feedback_log,
+                    home.prediction_log,
+                    champion.version,
+                    [str(label) for label in schema.labels],
+                    float(mae) if mae is not None else None,
+                    now,
+                    lookback,
+                    home.prediction_log_window_s,
+                )
+                step += 1
+                save_state(folder, step, state)
+                cursor["step"] = step
+                found = f"{result.fed} new labelled outcomes, no alarm"
+                for skipped in result.skipped:
+                    context.log.warning(f"skipped log file {skipped.name}: {skipped.reason}")
+                if result.alarms:
+                    alarm = result.alarms[0]
+                    context.log.warning(f"error-stream alarm: {alarm}")
+                    if cursor.get("pending") is None:  # else the same episode, still waiting
+                        key = f"error-stream-v{champion.version}-{state.alarms}"
+                        cursor["pending"] = _alarm_pending(alarm, champion.version, key, now)
+        pending = cursor.get("pending")
+        if pending is None:
+            return dg.SensorResult(skip_reason=found, cursor=json.dumps(cursor))
+        last = last_monitor_retrain(context.instance)
+        blocked = _why_not_now(last, settings, pending["reason"], pending["since"])
+        if blocked is not None:
+            if blocked[0] == "cooldown" and last is not None and last >= pending["noticed"]:
+                del cursor["pending"]  # a monitor retrain started since: it answered this
+            return dg.SensorResult(skip_reason=blocked[1], cursor=json.dumps(cursor))
+        del cursor["pending"]
+        request = _retrain_request(
+            "quality", pending["reason"], pending["key"], pending["since"], pending["tags"]
+        )
+        return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor))
 
     return _sensor
 

@@ -45,6 +45,7 @@ def test_jobs_schedules_and_sensors() -> None:
         "prediction_log_sensor",
         "drift_sensor",
         "quality_sensor",
+        "error_stream_sensor",
         "canary_sensor",
         "audit_sensor",
         "run_failure_alert",
