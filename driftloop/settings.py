@@ -195,6 +195,15 @@ class Settings(BaseSettings):
     serve_poll_interval_s: float = Field(
         default=1.0, gt=0, description="How often replicas look for alias changes."
     )
+    prediction_cache_size: int = Field(
+        default=0,
+        ge=0,
+        description="Answers (one per instance) each replica keeps for repeated instances; "
+        "0 turns the cache off.",
+    )
+    prediction_cache_ttl_s: float = Field(
+        default=60.0, gt=0, description="How long a cached answer is served, in seconds."
+    )
     prediction_log_dir: str | None = Field(
         default=None,
         description="The serving prediction/feedback log: a folder or s3://bucket/prefix.",

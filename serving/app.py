@@ -51,6 +51,7 @@ from driftloop.registry import (
     configure_tracking,
 )
 from driftloop.settings import Settings
+from serving.cache import PredictionCache
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelRejected, ModelStore
 from serving.prediction_log import (
@@ -143,6 +144,8 @@ class ServeArgs(BaseModel):
     max_batch_rows: int | None = Field(default=None, ge=1)
     batch_wait_timeout_s: float = Field(default=0.0, ge=0, le=1)
     poll_interval_s: float | None = Field(default=None, gt=0)
+    prediction_cache_size: int | None = Field(default=None, ge=0)
+    prediction_cache_ttl_s: float | None = Field(default=None, gt=0)
 
     def settings(self) -> Settings:
         overrides = {"home": self.home, "tracking_uri": self.tracking_uri}
@@ -156,6 +159,14 @@ class ServeArgs(BaseModel):
             shadow=self.shadow,
             max_batch_rows=self.max_batch_rows or settings.serve_max_batch_rows,
             batch_wait_timeout_s=self.batch_wait_timeout_s,
+        )
+
+    def prediction_cache(self, settings: Settings) -> tuple[int, float]:
+        """The prediction cache's size (0: off) and TTL."""
+        size, ttl_s = self.prediction_cache_size, self.prediction_cache_ttl_s
+        return (
+            settings.prediction_cache_size if size is None else size,
+            settings.prediction_cache_ttl_s if ttl_s is None else ttl_s,
         )
 
 
@@ -304,6 +315,10 @@ class ModelServer:
         await self._start_models()
         assert self.champion is not None
         self.features = self.champion.features
+        self.prediction_cache = PredictionCache(
+            self.features, *args.prediction_cache(self.settings)
+        )
+        self.metrics.cache_entries.set_function(self.prediction_cache.__len__)
         self.request_models = build_request_models(
             self.features,
             self.settings.serve_max_instances,
@@ -546,6 +561,7 @@ class ModelServer:
                     self.failed.pop(alias, None)
                     if alias == CHALLENGER and current is not None:
                         self.challenger = None
+                        self.prediction_cache.clear()
                         await asyncio.to_thread(self.store.forget, CHALLENGER, observed_at)
                     continue
                 if current is not None and current.version == version:
@@ -567,6 +583,7 @@ class ModelServer:
                 if model is None:
                     continue
                 setattr(self, alias, model)  # the swap: requests routed after this use it
+                self.prediction_cache.clear()
                 self.pending[alias] = PendingSwap(model.version, seen_at)
                 self.metrics.swaps.labels(alias, "loaded").inc()
                 logger.info("@%s now serves v%s", alias, model.version)
@@ -645,9 +662,8 @@ class ModelServer:
         route = choose_route(key, self.routing, challenger is not None, self.rng)
         model = challenger if route == CHALLENGER_ROUTE and challenger is not None else champion
         rows = [i.__dict__ for i in instances]  # features, `id` (already a str) and `key`
-        labels, probabilities = await self._infer((model, rows))
+        labels, listed, unseen = await self._answer(model, rows)
         request_id = self.request_ids.issue()
-        listed = None if probabilities is None else probabilities.tolist()
         if listed is None and not all(map(math.isfinite, labels)):
             return self._no_finite_prediction(model, labels)
         body = {"predictions": labels, "probabilities": listed, "ids": [r["id"] for r in rows]}
@@ -664,7 +680,6 @@ class ModelServer:
         )
         elapsed = time.perf_counter() - started
         self._observe(model, route, elapsed)
-        unseen = model.unseen(rows)
         if any(unseen):  # answered all the same; counted where a person can see it
             for flagged in filter(None, unseen):
                 for feature in flagged.split(","):
@@ -675,6 +690,27 @@ class ModelServer:
             self.shadow_tasks.add(task)  # a task nobody references can vanish mid-flight
             task.add_done_callback(self.shadow_tasks.discard)
         return response
+
+    async def _answer(
+        self, model: LoadedModel, rows: list[dict[str, Any]]
+    ) -> tuple[list[Any], list[list[float]] | None, list[str | None]]:
+        """`model`'s predictions, probabilities (None for a regressor) and unseen flags for
+        `rows`; with the prediction cache on, the model answers only the instances it holds
+        no answer for. Cached or not, an answer is logged (and mirrored) as any other."""
+        cache = self.prediction_cache
+        if not cache.enabled:
+            labels, probabilities = await self._infer((model, rows))
+            listed = None if probabilities is None else probabilities.tolist()
+            return labels, listed, model.unseen(rows)
+        found = cache.lookup(model.version, rows)
+        self.metrics.cache_hits.inc(len(rows) - len(found.missing))
+        if found.missing:
+            self.metrics.cache_misses.inc(len(found.missing))
+            asked = [rows[i] for i in found.missing]
+            labels, probabilities = await self._infer((model, asked))
+            listed = None if probabilities is None else probabilities.tolist()
+            cache.fill(found, labels, listed, model.unseen(asked))
+        return found.columns()
 
     def _no_finite_prediction(self, model: LoadedModel, values: list[float]) -> Response:
         """A 422 for instances a regressor cannot answer: a feature far beyond anything in
@@ -693,14 +729,12 @@ class ModelServer:
         """The challenger's answer to the same request, logged only."""
         started = time.perf_counter()
         try:
-            labels, probabilities = await self._infer((challenger, rows))
+            labels, listed, unseen = await self._answer(challenger, rows)
         except Exception:  # a failing challenger must never affect the champion's answers
             logger.exception("shadow prediction failed")
             return
         elapsed = time.perf_counter() - started
         self._observe(challenger, SHADOW_ROUTE, elapsed)
-        unseen = challenger.unseen(rows)
-        listed = None if probabilities is None else probabilities.tolist()
         self._log(request_id, challenger, SHADOW_ROUTE, key, rows, labels, listed, unseen, elapsed)
 
     def _observe(self, model: LoadedModel, route: Route, elapsed: float) -> None:

@@ -72,6 +72,18 @@ class ServingMetrics:
             ["kind"],
             registry=r,
         )
+        cache = Counter(
+            "driftloop_prediction_cache",
+            "Instances looked up in the prediction cache, by outcome (hit or miss).",
+            ["outcome"],
+            registry=r,
+        )
+        self.cache_hits, self.cache_misses = cache.labels("hit"), cache.labels("miss")
+        self.cache_entries = Gauge(
+            "driftloop_prediction_cache_entries",
+            "Answers the prediction cache holds (expired ones until the next store).",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
