@@ -16,17 +16,19 @@ import mlflow
 import pandas as pd
 
 from driftloop.data import BatchStore, TrainingSet
+from driftloop.effect_size import effect_sizes, gated
 from driftloop.estimation import (
     TAG_CALIBRATION,
     estimate_gap,
     estimates_by_version,
     parse_calibration,
 )
-from driftloop.metrics import metric_named
+from driftloop.metrics import Metric, metric_named
 from driftloop.monitoring import (
     error_changes,
     error_stream,
     feature_drift,
+    holdout_drop,
     join_labels,
     landed_labels,
     live_quality,
@@ -40,6 +42,7 @@ from driftloop.monitoring import (
 from driftloop.pushgateway import push_feature_drift, push_live_quality
 from driftloop.registry import CHAMPION, VersionInfo
 from driftloop.schema import load_schema
+from driftloop.settings import Settings
 from driftloop.training import TRUSTED_TYPES
 from pipelines.resources import DriftloopResource
 
@@ -47,7 +50,7 @@ GROUP = "monitoring"
 REFERENCE_ROWS = 5_000  # enough for stable drift tests, cheap for Evidently
 
 
-@dg.asset(group_name=GROUP, kinds={"evidently", "mlflow"}, code_version="3")
+@dg.asset(group_name=GROUP, kinds={"evidently", "mlflow"}, code_version="4")
 def feature_drift_report(
     context: dg.AssetExecutionContext,
     driftloop: DriftloopResource,
@@ -89,7 +92,10 @@ def feature_drift_report(
     # bools are numeric to the model (1.0/0.0) but two levels: a categorical test fits them
     categorical = [*schema.categorical, *(f.name for f in schema.features if f.dtype == "bool")]
     numerical = [c for c in columns if c not in categorical]
-    result = feature_drift(reference, current, numerical, categorical)
+    evidently = feature_drift(reference, current, numerical, categorical)
+    # Drifted only beyond the reference's own window-to-window variation (`effect_size`).
+    sizes = effect_sizes(reference, current, numerical, categorical, settings.seed)
+    result = gated(evidently, sizes)
     nulls = null_shares(train, current, columns, settings.null_share_tolerance)
     if nulls.jumps:
         changes = ", ".join(
@@ -132,19 +138,24 @@ def feature_drift_report(
             **skipped,
             "judged": True,
             "share_drifted": result.share_drifted,
+            "share_drifted_evidently": evidently.share_drifted,
             "drift_confirmed": result.share_drifted >= settings.drift_share_threshold,
             "drifted_columns": dg.MetadataValue.json(result.drifted_columns),
             "unjudged_columns": dg.MetadataValue.json(list(result.unjudged)),
             "null_jump_columns": dg.MetadataValue.json(nulls.jumps),
-            "rows_current": result.rows_current,
+            "rows_current": len(current),
             "rows_reference": result.rows_reference,
             "report": dg.MetadataValue.path(str(report)),
             **{f"score/{c.column}": c.score for c in result.columns},
             **{f"null_share/{c}": share for c, share in nulls.served.items()},
+            **{f"effect/{c}": value for c, value in sizes.effect.items()},
             "scores": dg.MetadataValue.md(
-                "| feature | method | score | threshold | drifted |\n|---|---|---|---|---|\n"
+                "| feature | method | score | threshold | effect | calm bound | drifted |\n"
+                "|---|---|---|---|---|---|---|\n"
                 + "\n".join(
-                    f"| {c.column} | {c.method} | {c.score:.4f} | {c.threshold} | {c.drifted} |"
+                    f"| {c.column} | {c.method} | {c.score:.4f} | {c.threshold} | "
+                    f"{sizes.effect.get(c.column, math.nan):.4f} | "
+                    f"{sizes.bound.get(c.column, math.nan):.4f} | {c.drifted} |"
                     for c in result.columns
                 )
             ),
@@ -218,6 +229,7 @@ def live_model_quality(
         changes = error_changes(errors)
         metadata["champion_version"] = champion.version
         metadata["change_at_sample"] = changes.first if changes.first is not None else -1
+        metadata.update(against_holdout(rows, metric, classes, champion, settings))
         if changes.first is not None:
             drop = quality_drop(rows, changes.first, metric, classes)
             before, after = errors[: changes.first], errors[changes.first :]
@@ -238,6 +250,32 @@ def live_model_quality(
                 f"{drop.metric} {drop.before:.3f} -> {drop.after:.3f}"
             )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def against_holdout(
+    rows: pd.DataFrame,
+    metric: Metric,
+    classes: list[str],
+    champion: VersionInfo,
+    settings: Settings,
+) -> dict[str, object]:
+    """The champion's live metric against the holdout score it was registered with
+    (`holdout_drop`): `below_holdout` when worse beyond two standard errors and
+    `DRIFTLOOP_QUALITY_HOLDOUT_MARGIN`, which `quality_sensor` retrains on."""
+    registered = champion.tags.get("driftloop.holdout_score")
+    if registered is None:
+        return {}
+    holdout_rows = int(champion.tags.get("driftloop.holdout_rows") or 0) or None
+    found = holdout_drop(rows, metric, classes, float(registered), holdout_rows, settings.seed)
+    if found is None:
+        return {}
+    return {
+        "holdout_score": found.holdout,
+        "live_score": found.live,
+        "holdout_drop": found.drop,
+        "holdout_drop_bound": found.bound,
+        "below_holdout": found.beyond(settings.quality_holdout_margin),
+    }
 
 
 def label_free(
@@ -277,6 +315,7 @@ def label_free(
         holdout = champion.tags.get("driftloop.holdout_accuracy")
         estimate = estimates[champion.version]
         metadata["estimated_accuracy"] = estimate.accuracy
+        metadata["estimated_version"] = champion.version
         if holdout is not None:
             threshold = driftloop.settings().estimated_drop_threshold
             metadata["estimated_drop"] = float(holdout) - estimate.accuracy

@@ -31,6 +31,7 @@ WEBHOOK_ENV = "DRIFTLOOP_ALERT_WEBHOOK_URL"
 PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 EVENTS = (
     "drift_detected",
+    "estimated_drop",
     "retrain_started",
     "retrain_finished",
     "promotion",
@@ -41,6 +42,7 @@ EVENTS = (
 # PagerDuty's severities: what wakes someone up is a failure or a bad model, not news.
 SEVERITY = {
     "drift_detected": "warning",
+    "estimated_drop": "warning",  # labels to act on come later: for a person to look
     "retrain_started": "info",
     "retrain_finished": "info",
     "promotion": "info",

@@ -175,6 +175,7 @@ def lineage_tags(
         TAG_TRIGGER: trigger,
         "driftloop.params": json.dumps(search.best_params, sort_keys=True),
         "driftloop.train_rows": str(len(training.train)),
+        "driftloop.holdout_rows": str(holdout.rows),
         # The primary metric and its holdout value, then every holdout score by name
         # (`driftloop.holdout_accuracy`, `driftloop.holdout_roc_auc`, ...).
         "driftloop.metric": holdout.metric,

@@ -233,6 +233,13 @@ class Settings(BaseSettings):
         "score before for rmse and mae; accuracy where it cannot be computed) after a change "
         "point that counts.",
     )
+    quality_holdout_margin: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="How far the champion's live metric may fall below its holdout score (a "
+        "fraction of it for rmse and mae) before a drop beyond two standard errors retrains.",
+    )
     estimated_drop_threshold: float = Field(
         default=0.03,
         gt=0,

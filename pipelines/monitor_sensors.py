@@ -201,6 +201,9 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
             drop = _quality_drop(newest[0])  # noticed: when the monitor named it
             if drop is not None:
                 cursor["pending"] = drop
+            cursor["estimate_alerted"] = _alert_estimated_drop(
+                newest[0], cursor.get("estimate_alerted", False)
+            )
         pending = cursor.get("pending")
         if pending is None:
             return dg.SensorResult(
@@ -226,7 +229,7 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         drop = metadata.get("quality_drop")
         value = float(drop.value) if drop is not None else math.nan
         if not math.isfinite(value) or value < settings.quality_drop_threshold:
-            return None
+            return _below_holdout(record)
         named = metadata.get("quality_drop_metric")
         metric = named.value if named is not None else "accuracy"
         change = int(metadata["change_at_sample"].value)
@@ -234,6 +237,41 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         return {
             "reason": f"quality drop {value:.3f} in {metric} at labelled sample {change}",
             "since": float(at.value) if at is not None else None,
+            "noticed": record.timestamp,
+            "key": f"quality-{record.run_id}",
+        }
+
+    def _alert_estimated_drop(record: dg.EventLogRecord, alerted: bool) -> bool:
+        """One alert per episode when the champion's label-free estimate falls below its
+        holdout accuracy (`estimated_drop_flagged`); whether the episode is still on."""
+        metadata = record.asset_materialization.metadata
+        flagged = metadata.get("estimated_drop_flagged")
+        if flagged is None or not flagged.value:
+            return False
+        if not alerted:
+            notify(
+                "estimated_drop",
+                f"champion v{metadata['estimated_version'].value}: accuracy estimated without "
+                f"labels {metadata['estimated_accuracy'].value:.3f}, "
+                f"{metadata['estimated_drop'].value:.3f} below its holdout accuracy",
+            )
+        return True
+
+    def _below_holdout(record: dg.EventLogRecord) -> dict[str, Any] | None:
+        """A steady drop no change point names: the live metric under the holdout's beyond
+        chance (the monitor's `below_holdout`); the retrain uses the monitor's window."""
+        metadata = record.asset_materialization.metadata
+        below = metadata.get("below_holdout")
+        if below is None or not below.value:
+            return None
+        metric = metadata["metric"].value
+        return {
+            "reason": (
+                f"live {metric} {metadata['live_score'].value:.3f} below its holdout "
+                f"{metadata['holdout_score'].value:.3f} by {metadata['holdout_drop'].value:.3f}"
+                f" (two standard errors: {metadata['holdout_drop_bound'].value:.3f})"
+            ),
+            "since": None,
             "noticed": record.timestamp,
             "key": f"quality-{record.run_id}",
         }

@@ -3,10 +3,11 @@
 For each seed: the loop's default boosting pipeline is fitted on 4,000 loan applications
 (river's Agrawal, `driftloop.simulate.LoanStream`), its confidence calibrated on 1,000
 held-out ones exactly as registration does, then served 20 windows of 250 rows: 8 before
-the change, 12 after it. Two episodes: covariate shift only (P(x) moves, P(y | x) does
-not: the estimate should follow the realized accuracy) and concept drift (the function
-changes: the estimate should not follow, and the gap is the evidence). Printed as a table
-and written as JSON:
+the change, 12 after it. Three episodes: covariate shift only (P(x) moves, P(y | x) does
+not: the estimate should follow the realized accuracy), once as the simulator shifts and
+once towards rows the model finds hard (accuracy falls far more); and concept drift (the
+function changes: the estimate should not follow, and the gap is the evidence). Printed as
+a table and written as JSON:
 
     .venv/bin/python scripts/bench_estimation.py --seeds 5 --json estimation.json
 """
@@ -19,6 +20,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from driftloop.estimation import confidence_calibration, estimate_accuracy, estimate_gap
 from driftloop.schema import infer_schema
@@ -46,20 +48,25 @@ def episode(seed: int, kind: str) -> dict[str, object]:
     )
     reference = float((model.predict(holdout.drop(columns=TARGET)) == holdout[TARGET]).mean())
     at = stream.position + BEFORE * WINDOW
-    stream.plan = (
-        DriftPlan(covariate_shift_at=at) if kind == "covariate" else DriftPlan(concept_drift_at=at)
-    )
+    if kind == "covariate":
+        stream.plan = DriftPlan(covariate_shift_at=at)
+    elif kind == "concept":
+        stream.plan = DriftPlan(concept_drift_at=at)
     windows = []
     flagged_after = None
     for index in range(BEFORE + AFTER):
-        frame = stream.take_frame(WINDOW, TARGET)
+        after = index >= BEFORE
+        frame = (
+            hard_rows(stream, model, WINDOW)
+            if kind == "hard_covariate" and after
+            else stream.take_frame(WINDOW, TARGET)
+        )
         rows = frame.drop(columns=TARGET)
         probabilities = model.predict_proba(rows)
         realized = float((model.classes_[probabilities.argmax(axis=1)] == frame[TARGET]).mean())
         estimate = estimate_accuracy(probabilities.max(axis=1), calibration)
         assert estimate is not None
         gap, beyond = estimate_gap(realized, estimate)
-        after = index >= BEFORE
         if after and flagged_after is None and estimate.below(reference, DROP):
             flagged_after = (index - BEFORE + 1) * WINDOW
         windows.append(
@@ -89,13 +96,27 @@ def episode(seed: int, kind: str) -> dict[str, object]:
     }
 
 
+def hard_rows(stream: LoanStream, model, rows: int) -> pd.DataFrame:
+    """A covariate shift towards the applications the model finds hard: a row it is over
+    80 % sure of is kept one time in ten. Selection on x alone leaves P(y | x) as it was."""
+    kept: list[pd.DataFrame] = []
+    while sum(len(k) for k in kept) < rows:
+        frame = stream.take_frame(rows, TARGET)
+        sure = model.predict_proba(frame.drop(columns=TARGET)).max(axis=1) > 0.8
+        keep = ~sure | (np.random.default_rng(len(kept)).random(len(frame)) < 0.1)
+        kept.append(frame[keep])
+    return pd.concat(kept, ignore_index=True).head(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results = [
-        episode(seed, kind) for kind in ("covariate", "concept") for seed in range(args.seeds)
+        episode(seed, kind)
+        for kind in ("covariate", "hard_covariate", "concept")
+        for seed in range(args.seeds)
     ]
     header = (
         "| episode | seed | holdout acc | realized before | realized after | estimated after "

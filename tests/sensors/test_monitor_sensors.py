@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from driftloop import alerts
+from driftloop.alerts import WEBHOOK_ENV
 from driftloop.cli import status_report
 from driftloop.data import BatchStore
 from driftloop.registry import CHALLENGER, CHAMPION, Registry
@@ -22,6 +24,7 @@ from pipelines.monitor_sensors import canary_sensor, drift_sensor, quality_senso
 from pipelines.resources import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
 from tests.conftest import FAST_ENV, land, train
 from tests.deploy.stack import pushgateway
+from tests.unit.test_alerts import Webhook
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +48,18 @@ def replace_log(
     name: str,
     blank: dict[str, float] | None = None,
     legacy: bool = False,
+    flip: float = 0.0,
+    hard: bool = False,
 ) -> None:
     """The serving log holds only these rows, in files as the serving app writes them.
 
     Half the labels come back by request id and half by business id only, plus three for
     ids never served; `blank` makes that share of a feature's served values null (after
     the model saw them); `legacy` writes the log of a server from before ids (no `id`,
-    `probabilities`, `unseen`; feedback by request id only).
+    `probabilities`, `unseen`; feedback by request id only); `flip` turns that share of
+    the labels to the other class (a steady loss of accuracy, no change point); `hard`
+    keeps only the rows the model is less than 80 % sure of (a covariate shift towards
+    them, so fewer than `rows` are written).
     """
     for log in (settings.prediction_log, settings.feedback_log):
         for path in log.local_path.glob("*.parquet"):
@@ -62,6 +70,10 @@ def replace_log(
     model = registry.load_verified(champion.version, TRUSTED_TYPES)
     features = frame.drop(columns=["label"])
     probabilities = model.predict_proba(features)
+    if hard:
+        unsure = probabilities.max(axis=1) < 0.8
+        frame, features = (f[unsure].reset_index(drop=True) for f in (frame, features))
+        probabilities, rows = probabilities[unsure], int(unsure.sum())
     now = datetime.now(UTC)
     ids = [f"{name}-{i}" for i in range(rows)]
     business = [f"{name}-loan-{i}" for i in range(rows)]
@@ -79,7 +91,8 @@ def replace_log(
         probability=probabilities.max(axis=1),
         latency_ms=1.0,
     )
-    labels = frame["label"].astype(str).tolist()
+    flipped = np.random.default_rng(1).random(rows) < flip
+    labels = np.where(flipped, 1 - frame["label"], frame["label"]).astype(str).tolist()
     if legacy:
         feedback = pd.DataFrame({"request_id": ids, "at": now, "label": labels})
     else:
@@ -117,6 +130,8 @@ def test_calm_traffic_skips_and_drift_requests_one_retrain(monitored: Settings) 
         run_monitors(settings, instance)
         calm = evaluate(drift_sensor(settings), instance)
         assert calm.run_requests == [] and "below" in calm.skip_message
+        quality = instance.get_latest_materialization_event(dg.AssetKey("live_model_quality"))
+        assert quality.asset_materialization.metadata["below_holdout"].value is False
         calm_report = instance.get_latest_materialization_event(dg.AssetKey("feature_drift_report"))
         calm_at = calm_report.timestamp
         # the champion's served decisions against its own on the training rows: as calm
@@ -252,6 +267,55 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
     assert live["version"] == version and live["labelled"] == 3000
     assert live["estimate_gap"] == pytest.approx(metadata[f"estimate_gap/v{version}"].value)
     assert live["estimated_accuracy"] > metadata[f"accuracy/v{version}"].value + 0.05
+
+
+def test_a_steady_drop_below_the_holdout_retrains_without_a_change_point(
+    monitored: Settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_COOLDOWN_S", "0")
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        # 8 % of labels flipped from the first request on: ~6 points under the holdout
+        # throughout, so no detector names a change and no drop at a change point exists.
+        replace_log(settings, DriftPlan(), 2000, "steady", flip=0.08)
+        run_monitors(settings, instance)
+        metadata = instance.get_latest_materialization_event(
+            dg.AssetKey("live_model_quality")
+        ).asset_materialization.metadata
+        assert "quality_drop" not in metadata
+        drop, bound = metadata["holdout_drop"].value, metadata["holdout_drop_bound"].value
+        assert drop > 0.03 and bound < drop and metadata["below_holdout"].value is True
+        (request,) = evaluate(quality_sensor(settings), instance).run_requests
+        assert request.tags[TRIGGER_TAG] == "quality"
+        assert "below its holdout" in request.tags["driftloop/trigger_reason"]
+
+
+def test_an_estimated_drop_alerts_once_before_any_label(monitored: Settings, monkeypatch) -> None:
+    hook = Webhook()
+    monkeypatch.setenv(WEBHOOK_ENV, hook.url)
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            replace_log(settings, DriftPlan(), 3000, "hard", hard=True)
+            for log in settings.feedback_log.local_path.glob("*.parquet"):
+                log.unlink()  # no label has come back yet
+            run_monitors(settings, instance)
+            metadata = instance.get_latest_materialization_event(
+                dg.AssetKey("live_model_quality")
+            ).asset_materialization.metadata
+            assert metadata["labelled"].value == 0
+            assert metadata["estimated_drop_flagged"].value is True
+            assert metadata["estimated_drop"].value > 0.1
+            first = evaluate(quality_sensor(settings), instance)
+            run_monitors(settings, instance)  # still low: the same episode
+            evaluate(quality_sensor(settings), instance, first.cursor)
+            assert alerts.ALERTER.flush(10) == 0
+    finally:
+        hook.server.shutdown()
+    sent = [body for body in hook.received if body["event"] == "estimated_drop"]
+    assert len(sent) == 1 and "estimated without labels" in sent[0]["text"]
 
 
 def test_a_quality_drop_stays_pending_until_its_rows_have_landed(
