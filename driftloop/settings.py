@@ -248,6 +248,11 @@ class Settings(BaseSettings):
         "accuracy (and beyond two standard errors) that flags the live-quality run; an alert "
         "for the operator, since labels for a retrain come later.",
     )
+    estimated_drop_action: Literal["alert", "retrain"] = Field(
+        default="alert",
+        description="On an estimated drop: alert only, or also retrain once "
+        "DRIFTLOOP_RETRAIN_MIN_ROWS labelled rows from after it have landed.",
+    )
     retrain_min_rows: int = Field(
         default=1000,
         ge=0,

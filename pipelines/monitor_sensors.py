@@ -201,9 +201,11 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
             drop = _quality_drop(newest[0])  # noticed: when the monitor named it
             if drop is not None:
                 cursor["pending"] = drop
-            cursor["estimate_alerted"] = _alert_estimated_drop(
-                newest[0], cursor.get("estimate_alerted", False)
-            )
+            alerted = cursor.get("estimate_alerted", False)
+            cursor["estimate_alerted"] = _alert_estimated_drop(newest[0], alerted)
+            newly = cursor["estimate_alerted"] and not alerted
+            if newly and "pending" not in cursor and settings.estimated_drop_action == "retrain":
+                cursor["pending"] = _estimated_drop(newest[0])
         pending = cursor.get("pending")
         if pending is None:
             return dg.SensorResult(
@@ -256,6 +258,20 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
                 f"{metadata['estimated_drop'].value:.3f} below its holdout accuracy",
             )
         return True
+
+    def _estimated_drop(record: dg.EventLogRecord) -> dict[str, Any]:
+        """A retrain for an estimated drop, on the rows labelled after it was noticed: it
+        waits for `DRIFTLOOP_RETRAIN_MIN_ROWS` of them, as a drop at a change point does."""
+        metadata = record.asset_materialization.metadata
+        return {
+            "reason": (
+                f"accuracy estimated without labels {metadata['estimated_accuracy'].value:.3f}, "
+                f"{metadata['estimated_drop'].value:.3f} below the holdout's"
+            ),
+            "since": record.timestamp,
+            "noticed": record.timestamp,
+            "key": f"estimated-{record.run_id}",
+        }
 
     def _below_holdout(record: dg.EventLogRecord) -> dict[str, Any] | None:
         """A steady drop no change point names: the live metric under the holdout's beyond

@@ -316,6 +316,30 @@ def test_an_estimated_drop_alerts_once_before_any_label(monitored: Settings, mon
         hook.server.shutdown()
     sent = [body for body in hook.received if body["event"] == "estimated_drop"]
     assert len(sent) == 1 and "estimated without labels" in sent[0]["text"]
+    assert first.run_requests == []  # alert only, by default
+
+
+def test_an_estimated_drop_can_retrain_on_the_labels_after_it(
+    monitored: Settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_ESTIMATED_DROP_ACTION", "retrain")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_COOLDOWN_S", "0")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_MIN_ROWS", "250")
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        replace_log(settings, DriftPlan(), 3000, "hard-retrain", hard=True)
+        for log in settings.feedback_log.local_path.glob("*.parquet"):
+            log.unlink()
+        run_monitors(settings, instance)
+        waiting = evaluate(quality_sensor(settings), instance)
+        assert waiting.run_requests == []
+        assert "waiting for labelled rows since the change: 0 of 250" in waiting.skip_message
+        land(settings, rows=600, batch_rows=300, seed=98)
+        ingest_pending(settings, instance, lambda _: None)
+        (request,) = evaluate(quality_sensor(settings), instance, waiting.cursor).run_requests
+    assert request.tags[TRIGGER_TAG] == "quality"
+    assert "estimated without labels" in request.tags["driftloop/trigger_reason"]
 
 
 def test_a_quality_drop_stays_pending_until_its_rows_have_landed(
