@@ -25,6 +25,8 @@ from driftloop.estimation import (
 )
 from driftloop.metrics import Metric, metric_named
 from driftloop.monitoring import (
+    DRIFT_SAMPLE_ROWS,
+    drift_sample,
     error_changes,
     error_stream,
     feature_drift,
@@ -87,15 +89,22 @@ def feature_drift_report(
         )
     text = [f.name for f in schema.features if f.dtype == "str"]
     current = model_frame(traffic, columns, text)
-    train = model_frame(training_dataset.train, columns, text)
-    reference = train.sample(min(REFERENCE_ROWS, len(train)), random_state=settings.seed)
+    # The reference rows before `model_frame`, not after: the same rows (sampled by
+    # position), without converting every training row (2.2 s for 800k rows, measured).
+    train = training_dataset.train
+    sampled = train.sample(min(REFERENCE_ROWS, len(train)), random_state=settings.seed)
+    reference = model_frame(sampled, columns, text)
     # bools are numeric to the model (1.0/0.0) but two levels: a categorical test fits them
     categorical = [*schema.categorical, *(f.name for f in schema.features if f.dtype == "bool")]
     numerical = [c for c in columns if c not in categorical]
-    evidently = feature_drift(reference, current, numerical, categorical)
+    # Evidently's cost grows with the served rows; its verdict on a seeded sample is the
+    # same but for shifts at its threshold (`drift_sample`). Null shares use every row.
+    sample = drift_sample(current, DRIFT_SAMPLE_ROWS, settings.seed)
+    evidently = feature_drift(reference, sample, numerical, categorical)
     # Drifted only beyond the reference's own window-to-window variation (`effect_size`).
-    sizes = effect_sizes(reference, current, numerical, categorical, settings.seed)
+    sizes = effect_sizes(reference, sample, numerical, categorical, settings.seed)
     result = gated(evidently, sizes)
+    # Training rows had blanks made null at ingest: their null shares need no conversion.
     nulls = null_shares(train, current, columns, settings.null_share_tolerance)
     if nulls.jumps:
         changes = ", ".join(
@@ -121,7 +130,8 @@ def feature_drift_report(
             observed = pd.to_numeric(served["prediction"], errors="coerce")
         else:  # labels as the log keeps them
             observed, expected = served["prediction"].astype(str), expected.astype(str)
-        drift = prediction_drift(expected, observed.dropna(), numeric=schema.is_regression)
+        observed = drift_sample(observed.dropna().to_frame(), DRIFT_SAMPLE_ROWS, settings.seed)
+        drift = prediction_drift(expected, observed.iloc[:, 0], numeric=schema.is_regression)
         if drift is not None:
             predicted = {
                 "prediction_drift_score": drift.score,
@@ -144,6 +154,7 @@ def feature_drift_report(
             "unjudged_columns": dg.MetadataValue.json(list(result.unjudged)),
             "null_jump_columns": dg.MetadataValue.json(nulls.jumps),
             "rows_current": len(current),
+            "rows_drift_sample": result.rows_current,
             "rows_reference": result.rows_reference,
             "report": dg.MetadataValue.path(str(report)),
             **{f"score/{c.column}": c.score for c in result.columns},

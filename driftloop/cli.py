@@ -162,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
     bench_chaos.add_argument("--json", type=Path, required=True, metavar="PATH")
     # Four trials: the soak measures serving, not the search (`main` passes them on).
     bench_chaos.set_defaults(command=cmd_bench_chaos, trials=4)
+    bench_scale = bench.add_parser(
+        "scale", help="time and peak RSS of every stage at 10k, 100k and 1M rows"
+    )
+    bench_scale.add_argument("--quick", action="store_true", help="stop at 100k rows")
+    bench_scale.add_argument("--json", type=Path, required=True, metavar="PATH")
+    bench_scale.set_defaults(command=cmd_bench_scale)
     return parser
 
 
@@ -691,3 +697,16 @@ def cmd_bench_chaos(settings: Settings, args: argparse.Namespace) -> int:
     print(chaos.table(result))
     print(f"wrote {args.json}")
     return 0
+
+
+def cmd_bench_scale(settings: Settings, args: argparse.Namespace) -> int:
+    """The harness lives with the other benchmarks in the checkout's scripts/, not here."""
+    import subprocess
+
+    from driftloop.settings import PROJECT_ROOT
+
+    script = PROJECT_ROOT / "scripts" / "bench_scale.py"
+    if not script.exists():
+        raise UserError(f"{script} is missing: the scale benchmark runs from a checkout")
+    command = [sys.executable, str(script), "--json", str(args.json)]
+    return subprocess.call([*command, "--quick"] if args.quick else command)

@@ -26,9 +26,12 @@ from driftloop.metrics import Metric, metric_named
 from driftloop.settings import Settings
 from driftloop.training import (
     DEFAULT_TRIALS,
+    RUNG_FACTOR,
     SEARCH_SPACE_VERSION,
     Folds,
     FoldScorer,
+    Rungs,
+    climb_rungs,
     cross_validate,
     limited_threads,
     suggest_params,
@@ -58,17 +61,22 @@ class SearchResult:
         return 60 * self.new_trials / self.seconds if self.seconds > 0 else 0.0
 
 
-def study_name(settings: Settings, data_hash: str, metric: str) -> str:
-    """The metric is part of the name: trials scored by another metric are another study."""
+def study_name(settings: Settings, data_hash: str, metric: str, first_rung: int = 0) -> str:
+    """The metric is part of the name: trials scored by another metric are another study,
+    and so are trials scored on rungs (`-rungs<first>x<factor>`) rather than k folds."""
+    rungs = f"-rungs{first_rung}x{RUNG_FACTOR}" if first_rung else ""
     return (
         f"{settings.model_name}-{data_hash[:12]}-{metric}-space{SEARCH_SPACE_VERSION}"
-        f"-k{settings.cv_folds}-n{settings.n_trials}-seed{settings.seed}"
+        f"-k{settings.cv_folds}-n{settings.n_trials}-seed{settings.seed}{rungs}"
     )
 
 
-def open_study(settings: Settings, name: str, metric: Metric | None = None) -> optuna.Study:
+def open_study(
+    settings: Settings, name: str, metric: Metric | None = None, first_rung: int = 0
+) -> optuna.Study:
     """The study `name`, created to optimise `metric` in its direction if it is new; without
-    a metric, an existing study (KeyError if there is none), as a reader opens it."""
+    a metric, an existing study (KeyError if there is none), as a reader opens it. With
+    `first_rung` rows, trials are pruned by successive halving on rows (`Rungs`)."""
     if settings.optuna_storage is None:
         settings.home.mkdir(parents=True, exist_ok=True)
     common: dict[str, Any] = {
@@ -80,8 +88,14 @@ def open_study(settings: Settings, name: str, metric: Metric | None = None) -> o
             seed=settings.seed + settings.hpo_worker, constant_liar=True
         ),
         # Each fold is a step: a trial whose running mean is worse than the median of
-        # earlier trials at the same fold (in the study's direction) stops there.
-        "pruner": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+        # earlier trials at the same fold (in the study's direction) stops there. On rungs
+        # the step is the rows fitted: a trial goes on to `RUNG_FACTOR` times the rows
+        # only while it is in the best 1/RUNG_FACTOR of the trials scored on its rung.
+        "pruner": optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=first_rung, reduction_factor=RUNG_FACTOR, min_early_stopping_rate=0
+        )
+        if first_rung
+        else optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
     }
     if metric is None:
         return optuna.load_study(**common)
@@ -97,12 +111,22 @@ def run_search(
     run_tags: dict[str, str],
     progress: Callable[[str], None] = print,
 ) -> SearchResult:
-    """Run the trials this study still lacks; each becomes a child of the study's parent run."""
+    """Run the trials this study still lacks; each becomes a child of the study's parent run.
+
+    Small data is scored by k-fold CV on all rows. From `3 * settings.hpo_rung_rows` fit
+    rows on, a trial climbs rungs of growing subsamples (`Rungs`, up to 300k rows) and
+    successive halving stops most of them on a small rung, so the search's cost grows far
+    slower than the rows; the candidate is refit on all rows either way
+    (`register_candidate`).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = MlflowClient(settings.mlflow_tracking_uri)
     metric = metric_named(training.schema.metric)
-    name = study_name(settings, training.data_hash, metric.name)
-    study = open_study(settings, name, metric)
+    x, y = training.xy(training.train)
+    rungs = Rungs(training.schema, x, y, settings.hpo_rung_rows, settings.seed)
+    first_rung = rungs.first if len(rungs) else 0
+    name = study_name(settings, training.data_hash, metric.name, first_rung)
+    study = open_study(settings, name, metric, first_rung)
     parent_id = study.user_attrs.get(PARENT_RUN_ATTR)
     if parent_id is None:
         parent = client.create_run(
@@ -119,8 +143,9 @@ def run_search(
     if settings.hpo_worker == 0:  # one writer: the check-then-insert is not atomic
         for params in DEFAULT_TRIALS[task_kind(training.schema.task)]:
             study.enqueue_trial(params, skip_if_exists=True)
-    x, y = training.xy(training.train)
-    local_folds = Folds(training.schema, x, y, settings.cv_folds, settings.seed)
+    local_folds: Folds | Rungs = (
+        rungs if first_rung else Folds(training.schema, x, y, settings.cv_folds, settings.seed)
+    )
     finished_before = _count(study, *_FINISHED)
     remaining = settings.n_trials - finished_before
 
@@ -132,16 +157,21 @@ def run_search(
         )
         fold_scores: list[Measurement] = []
 
-        def report(mean_so_far: float, fold: int) -> None:
+        def report(value: float, step: int) -> None:
             now = int(time.time() * 1000)
-            fold_scores.append(Measurement(f"cv_{metric.name}_running", mean_so_far, now, fold))
-            trial.report(mean_so_far, fold)
+            running = f"rung_{metric.name}" if first_rung else f"cv_{metric.name}_running"
+            fold_scores.append(Measurement(running, value, now, step))
+            trial.report(value, step)
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
         state = "FAILED"
         try:
-            score = cross_validate(params, folds, report)
+            score = (
+                climb_rungs(params, folds, rungs.sizes, report)
+                if first_rung
+                else cross_validate(params, folds, report)
+            )
             state = "COMPLETE"
             fold_scores.append(Measurement(f"cv_{metric.name}", score, int(time.time() * 1000), 0))
             return score
@@ -207,15 +237,19 @@ def run_search(
             Measurement("trials_complete", result.complete, now, 0),
             Measurement("trials_pruned", result.pruned, now, 0),
         ],
-        tags=[RunTag("driftloop.study", name)],
+        tags=[
+            RunTag("driftloop.study", name),
+            # what `best_cv_score` is: k-fold CV, or validation rows after rungs of these sizes
+            RunTag("driftloop.search_rungs", ",".join(map(str, rungs.sizes)) or "none"),
+        ],
     )
     return result
 
 
-_WORKER_FOLDS: Folds | None = None
+_WORKER_FOLDS: FoldScorer | None = None
 
 
-def _adopt_folds(folds: Folds, threads: int) -> None:
+def _adopt_folds(folds: FoldScorer, threads: int) -> None:
     global _WORKER_FOLDS
     _WORKER_FOLDS = folds
     limited_threads(threads)  # not as a context: the limit holds for the worker's life
@@ -240,7 +274,7 @@ class _PooledFolds:
 
 
 @contextlib.contextmanager
-def fold_scorer(folds: Folds, parallel: int, threads: int) -> Iterator[FoldScorer]:
+def fold_scorer(folds: FoldScorer, parallel: int, threads: int) -> Iterator[FoldScorer]:
     """Where the fits of `parallel` concurrent trials run.
 
     One trial fits here. Several trials run in Optuna's threads, but their fits go to

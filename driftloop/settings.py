@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     n_trials: int = Field(default=50, ge=1)
     cv_folds: int = Field(default=5, ge=2)
     hpo_timeout_s: float | None = Field(default=None, gt=0)
+    hpo_rung_rows: int = Field(
+        default=10_000,
+        ge=0,
+        description="Rows of a trial's first rung on large data (successive halving on rows); "
+        "0: every trial k-fold CV on all rows.",
+    )
     train_threads: int = Field(default=1, ge=1, description="OpenMP/BLAS threads per fit.")
     hpo_parallel: int = Field(
         default=2, ge=1, description="Trials one search runs at once, each fitting in a process."

@@ -1,5 +1,6 @@
 """The search: fold scoring in worker processes gives exactly what fitting in-process
-gives, and the study optimises the schema's metric in that metric's direction."""
+gives, the study optimises the schema's metric in that metric's direction, and on large
+data trials climb rungs of growing subsamples that successive halving prunes."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from driftloop.hpo import fold_scorer, open_study, run_search
 from driftloop.schema import infer_schema
 from driftloop.settings import load_settings
 from driftloop.simulate import LoanStream
-from driftloop.training import Folds
+from driftloop.training import Folds, Rungs, limited_threads, rung_sizes
 
 PARAMS = {
     "family": "hist_gradient_boosting",
@@ -61,3 +62,43 @@ def test_the_study_optimises_the_schema_metric_in_its_direction(
     assert parent.metrics["best_cv_log_loss"] == parent.metrics["best_cv_score"] == min(values)
     trials = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert len(trials) == 3 and all("cv_log_loss" in run.data.metrics for run in trials)
+
+
+def test_rungs_grow_by_the_factor_and_end_on_all_rows() -> None:
+    assert rung_sizes(250_000, 10_000) == (10_000, 30_000, 250_000)
+    assert rung_sizes(750_000, 10_000) == (10_000, 30_000, 90_000, 300_000)  # at most 300k
+    assert rung_sizes(64_000, 10_000) == (10_000, 64_000)
+    assert rung_sizes(29_999, 10_000) == ()  # small data: k-fold CV on all rows
+    assert rung_sizes(750_000, 0) == ()  # rungs turned off
+
+
+def test_trials_climb_nested_rungs_and_successive_halving_stops_most_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_HOME", str(tmp_path))
+    env = {"N_TRIALS": "8", "CV_FOLDS": "2", "HPO_PARALLEL": "1", "HPO_RUNG_ROWS": "150"}
+    for key, value in env.items():
+        monkeypatch.setenv(f"DRIFTLOOP_{key}", value)
+    settings = load_settings()
+    frame = LoanStream(seed=3).take_frame(2400, "label").assign(**{BATCH_COLUMN: "b1"})
+    schema = infer_schema(frame.drop(columns=BATCH_COLUMN), "label")
+    training = build_training_set(frame, schema, 0.2, settings.seed)
+    rungs = Rungs(schema, *training.xy(training.train), 150, settings.seed)
+    # validation: a fifth of the rows, apart from the nested fit rows of every rung
+    assert len(rungs.validation) == int(0.2 * len(training.train))
+    assert not set(rungs.validation) & set(rungs.pool)
+    assert rungs.sizes == (150, 450, len(rungs.pool))
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    result = run_search(training, settings, client.create_experiment("rungs"), {}, lambda _: None)
+
+    assert result.study_name.endswith("-rungs150x3")
+    trials = open_study(settings, result.study_name).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(complete) + len(pruned) == 8 and len(pruned) >= 2
+    # every trial is judged at the rungs' rows; only a completed one was fitted on all rows
+    assert all(set(t.intermediate_values) == {150, 450} for t in complete)
+    assert all(set(t.intermediate_values) in ({150}, {150, 450}) for t in pruned)
+    with limited_threads(1):  # the search fitted on one thread
+        top = rungs.score(result.best_params, len(rungs) - 1)
+    assert result.best_cv_score == pytest.approx(top, abs=1e-12)

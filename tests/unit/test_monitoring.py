@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 from driftloop.data import BatchStore
 from driftloop.metrics import metric_named
 from driftloop.monitoring import (
+    drift_sample,
     error_changes,
     feature_drift,
     join_feedback,
@@ -230,3 +231,18 @@ def test_detectors_name_the_change_after_onset() -> None:
     assert found.page_hinkley is not None and 2000 <= found.page_hinkley < 2500
     calm = error_changes((rng.random(3000) < 0.08).astype(int))
     assert calm.first is None
+
+
+def test_the_drift_sample_is_seeded_bounded_and_keeps_the_verdict() -> None:
+    reference = LoanStream(seed=1).take_frame(1500, "label")  # > 1000: Evidently's distances
+    shifted = LoanStream(seed=3, plan=DriftPlan(covariate_shift_at=0)).take_frame(4000, "label")
+    sample = drift_sample(shifted, 1200, seed=42)
+    assert len(sample) == 1200 and sample.index.is_monotonic_increasing
+    assert sample.equals(drift_sample(shifted, 1200, seed=42))
+    assert not sample.index.equals(drift_sample(shifted, 1200, seed=43).index)
+    assert set(sample.index) <= set(shifted.index)
+    assert drift_sample(shifted, 4000, seed=42) is shifted  # small enough: every row
+    numerical, categorical = ["salary", "age", "loan"], ["car"]  # two shifted, two not
+    whole = feature_drift(reference, shifted, numerical, categorical)
+    sampled = feature_drift(reference, sample, numerical, categorical)
+    assert whole.drifted_columns == sampled.drifted_columns == ["salary", "age"]
