@@ -274,8 +274,9 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         }
 
     def _below_holdout(record: dg.EventLogRecord) -> dict[str, Any] | None:
-        """A steady drop no change point names: the live metric under the holdout's beyond
-        chance (the monitor's `below_holdout`); the retrain uses the monitor's window."""
+        """A drop no change point in the window names (steady, or older than the window):
+        the live metric under the holdout's beyond chance (the monitor's `below_holdout`).
+        The whole window was worse, so the retrain learns from the window's start on."""
         metadata = record.asset_materialization.metadata
         below = metadata.get("below_holdout")
         if below is None or not below.value:
@@ -287,7 +288,7 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
                 f"{metadata['holdout_score'].value:.3f} by {metadata['holdout_drop'].value:.3f}"
                 f" (two standard errors: {metadata['holdout_drop_bound'].value:.3f})"
             ),
-            "since": None,
+            "since": record.timestamp - settings.monitor_window_s,
             "noticed": record.timestamp,
             "key": f"quality-{record.run_id}",
         }

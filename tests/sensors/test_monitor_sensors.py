@@ -273,6 +273,7 @@ def test_a_steady_drop_below_the_holdout_retrains_without_a_change_point(
     monitored: Settings, monkeypatch
 ) -> None:
     monkeypatch.setenv("DRIFTLOOP_RETRAIN_COOLDOWN_S", "0")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_MIN_ROWS", "0")  # the prepared log is the evidence
     settings = load_settings()
     prepare_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
@@ -289,6 +290,13 @@ def test_a_steady_drop_below_the_holdout_retrains_without_a_change_point(
         (request,) = evaluate(quality_sensor(settings), instance).run_requests
         assert request.tags[TRIGGER_TAG] == "quality"
         assert "below its holdout" in request.tags["driftloop/trigger_reason"]
+        # It learns from the monitor window's start on, not from all the rows ever landed.
+        noticed = instance.get_latest_materialization_event(
+            dg.AssetKey("live_model_quality")
+        ).timestamp
+        assert float(request.tags[TRAIN_SINCE_TAG]) == pytest.approx(
+            noticed - settings.monitor_window_s, abs=1e-3
+        )
 
 
 def test_an_estimated_drop_alerts_once_before_any_label(monitored: Settings, monkeypatch) -> None:
