@@ -50,14 +50,12 @@ def push_live_quality(
     """Accuracy and the primary metric (`metric`) per model version, and the accuracy
     estimated without labels."""
     registry = CollectorRegistry()
-    accuracies = Gauge(
+    _per_version(
+        registry,
         LIVE_ACCURACY,
         "Accuracy of served predictions against later feedback, per model version.",
-        ["model_version"],
-        registry=registry,
+        accuracy,
     )
-    for version, value in accuracy.items():
-        accuracies.labels(version).set(value)
     scores = Gauge(
         LIVE_METRIC,
         "The primary metric of served predictions against later feedback, per model version.",
@@ -66,15 +64,21 @@ def push_live_quality(
     )
     for version, value in score.items():
         scores.labels(version, metric).set(value)
-    estimates = Gauge(
+    _per_version(
+        registry,
         ESTIMATED_ACCURACY,
         "Accuracy of served predictions estimated from calibrated confidence, without labels.",
-        ["model_version"],
-        registry=registry,
+        estimated,
     )
-    for version, value in estimated.items():
-        estimates.labels(version).set(value)
     _push(url, "live_quality", registry)
+
+
+def _per_version(
+    registry: CollectorRegistry, name: str, documentation: str, values: Mapping[str, float]
+) -> None:
+    gauge = Gauge(name, documentation, ["model_version"], registry=registry)
+    for version, value in values.items():
+        gauge.labels(version).set(value)
 
 
 def _push(url: str, monitor: str, registry: CollectorRegistry) -> None:
