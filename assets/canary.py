@@ -32,7 +32,7 @@ from driftloop.registry import CHALLENGER, CHAMPION, AliasConflict, Registry
 from driftloop.schema import load_schema
 from driftloop.serving_client import ServingAdmin
 from driftloop.settings import Settings
-from pipelines.resources import DriftloopResource
+from resources.deployment import DriftloopResource
 
 GROUP = "canary"
 TAG_WEIGHT = "driftloop.canary.weight"

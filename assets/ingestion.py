@@ -4,7 +4,7 @@ import dagster as dg
 
 from driftloop.ingest import ingest
 from driftloop.schema import CHECK_NAMES
-from pipelines.resources import DriftloopResource
+from resources.deployment import DriftloopResource
 
 GROUP = "ingestion"
 landed_files = dg.DynamicPartitionsDefinition(name="landed_files")

@@ -46,7 +46,7 @@ from driftloop.registry import CHAMPION, VersionInfo
 from driftloop.schema import load_schema
 from driftloop.settings import Settings
 from driftloop.training import TRUSTED_TYPES
-from pipelines.resources import DriftloopResource
+from resources.deployment import DriftloopResource
 
 GROUP = "monitoring"
 REFERENCE_ROWS = 5_000  # enough for stable drift tests, cheap for Evidently

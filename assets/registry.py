@@ -20,7 +20,7 @@ from driftloop.review import Review, review, slice_columns
 from driftloop.settings import Settings
 from driftloop.training import TRUSTED_TYPES, classes_of, evaluate, model_output
 from driftloop.versioning import TAG_SEMVER
-from pipelines.resources import DriftloopResource
+from resources.deployment import DriftloopResource
 
 GROUP = "registry"
 ALIAS_POOL = "driftloop_aliases"

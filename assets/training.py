@@ -5,7 +5,7 @@ import dagster as dg
 from driftloop.data import BATCH_COLUMN, TrainingSet, build_training_set
 from driftloop.hpo import SearchResult, run_search
 from driftloop.schema import load_schema, target_summary
-from pipelines.resources import (
+from resources.deployment import (
     TRAIN_SINCE_TAG,
     TRIGGER_REASON_TAG,
     TRIGGER_TAG,

@@ -8,7 +8,7 @@ import dagster as dg
 from assets.serving import serving_admin_audit
 from driftloop.audit import AuditEntry, AuditTrail
 from driftloop.settings import Settings
-from pipelines.resources import DriftloopResource
+from resources.deployment import DriftloopResource
 
 # Entries observed per tick; a backlog is worked off in order, tick by tick.
 ENTRIES_PER_TICK = 200

@@ -14,9 +14,9 @@ from pipelines.monitor_sensors import (
     quality_sensor,
     run_failure_alert,
 )
-from pipelines.resources import build_resources
 from pipelines.schedules import nightly_training
 from pipelines.sensors import landing_sensor
+from resources.deployment import build_resources
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

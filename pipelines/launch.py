@@ -17,7 +17,7 @@ import dagster as dg
 from assets.ingestion import landed_files
 from driftloop.ingest import pending_files
 from driftloop.settings import PROJECT_ROOT, Settings
-from pipelines.resources import TRIGGER_TAG
+from resources.deployment import TRIGGER_TAG
 
 # The console shows progress (trial scores, decisions), not Dagster's per-event debug lines.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}

@@ -18,7 +18,7 @@ from driftloop.settings import Settings
 from driftloop.storage import Folder
 from driftloop.streaming import Alarm, advance, has_new_feedback, load_state, save_state
 from pipelines.jobs import canary_job, monitoring_job, training_job
-from pipelines.resources import (
+from resources.deployment import (
     TRAIN_SINCE_TAG,
     TRIGGER_REASON_TAG,
     TRIGGER_TAG,

@@ -4,7 +4,7 @@ import dagster as dg
 
 from driftloop.settings import Settings
 from pipelines.jobs import training_job
-from pipelines.resources import TRIGGER_TAG
+from resources.deployment import TRIGGER_TAG
 
 
 def nightly_training(settings: Settings) -> dg.ScheduleDefinition:

@@ -8,7 +8,7 @@ from assets.ingestion import landed_files
 from driftloop.ingest import pending_files
 from driftloop.settings import Settings
 from pipelines.jobs import ingest_job
-from pipelines.resources import TRIGGER_TAG, DriftloopResource
+from resources.deployment import TRIGGER_TAG, DriftloopResource
 
 # Hashing stops for this tick after this long (the rest is hashed next tick): a large
 # backlog then advances tick by tick instead of timing out every tick (Dagster: 60 s).

@@ -154,7 +154,7 @@ def _refit(work: Path) -> dict[str, Any]:
 
 def _gate(work: Path, context: Any) -> dict[str, Any]:
     from assets.registry import promotion_gate
-    from pipelines.resources import DriftloopResource
+    from resources.deployment import DriftloopResource
 
     settings = _settings()
     decision = promotion_gate(
@@ -254,7 +254,7 @@ def _read_log(work: Path) -> dict[str, Any]:
 
 def _drift(work: Path, context: Any) -> dict[str, Any]:
     from assets.monitoring import feature_drift_report
-    from pipelines.resources import DriftloopResource
+    from resources.deployment import DriftloopResource
 
     settings = _settings()
     result = feature_drift_report(
@@ -268,7 +268,7 @@ def _drift(work: Path, context: Any) -> dict[str, Any]:
 
 def _quality(work: Path, context: Any) -> dict[str, Any]:
     from assets.monitoring import live_model_quality
-    from pipelines.resources import DriftloopResource
+    from resources.deployment import DriftloopResource
 
     settings = _settings()
     result = live_model_quality(context, driftloop=DriftloopResource(home=str(settings.home)))

@@ -11,7 +11,7 @@ from assets.ingestion import landed_batch, landed_files
 from driftloop.data import BatchStore, bytes_sha256, partition_key
 from driftloop.settings import Settings
 from pipelines.launch import run_failure
-from pipelines.resources import build_resources
+from resources.deployment import build_resources
 from tests.conftest import land
 
 

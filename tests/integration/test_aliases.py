@@ -32,7 +32,7 @@ from driftloop.registry import (
     RegistryError,
 )
 from driftloop.settings import Settings
-from pipelines.resources import DriftloopResource
+from resources.deployment import DriftloopResource
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from driftloop.settings import Settings, load_settings
 from driftloop.training import TRUSTED_TYPES
 from pipelines.definitions import build_definitions
 from pipelines.launch import ingest_pending, prepare_dagster_home
-from pipelines.resources import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
+from resources.deployment import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
 from serving import launch
 from serving.app import ServeArgs
 from serving.launch import free_port

@@ -13,7 +13,7 @@ from assets.serving import serving_admin_audit
 from driftloop.settings import Settings
 from pipelines.audit_sensor import audit_sensor
 from pipelines.definitions import build_definitions
-from pipelines.resources import DriftloopResource
+from resources.deployment import DriftloopResource
 from serving.app import build_api
 from serving.security import key_id
 from tests.serving.test_limits import StandIn

@@ -18,7 +18,7 @@ from pipelines.monitor_sensors import (
     DETECTOR_TAG,
     error_stream_sensor,
 )
-from pipelines.resources import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
+from resources.deployment import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
 from serving.prediction_log import FEEDBACK_SCHEMA, ParquetLog, prediction_schema
 from serving.schemas import FeatureField
 

@@ -17,9 +17,9 @@ from assets.ingestion import landed_files
 from driftloop.data import BatchStore
 from driftloop.settings import Settings, load_settings
 from pipelines.definitions import build_definitions
-from pipelines.resources import TRIGGER_TAG, DriftloopResource
 from pipelines.schedules import nightly_training
 from pipelines.sensors import landing_sensor
+from resources.deployment import TRIGGER_TAG, DriftloopResource
 from tests.conftest import land
 
 

@@ -21,7 +21,7 @@ from driftloop.training import TRUSTED_TYPES
 from pipelines.definitions import build_definitions
 from pipelines.launch import ingest_pending, prepare_dagster_home
 from pipelines.monitor_sensors import canary_sensor, drift_sensor, quality_sensor
-from pipelines.resources import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
+from resources.deployment import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
 from tests.conftest import FAST_ENV, land, train
 from tests.deploy.stack import pushgateway
 from tests.unit.test_alerts import Webhook

@@ -13,7 +13,7 @@ import pytest
 from assets.canary import TAG_WEIGHT, canary_decision
 from driftloop.registry import CHALLENGER, CHAMPION, PREVIOUS
 from driftloop.simulate import LoanStream
-from pipelines.resources import build_resources
+from resources.deployment import build_resources
 from tests.serving.conftest import ADMIN_KEY, Served
 
 pytestmark = pytest.mark.slow

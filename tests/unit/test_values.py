@@ -13,7 +13,7 @@ from driftloop.data import BATCH_COLUMN, build_training_set
 from driftloop.schema import infer_schema
 from driftloop.storage import Folder
 from driftloop.training import Evaluation
-from pipelines.values import (
+from resources.values import (
     RECORDS,
     VALUE_FILE,
     UntrustedValue,

@@ -7,7 +7,7 @@ import dagster as dg
 from driftloop.data import BatchStore
 from driftloop.registry import Registry, configure_tracking, ensure_experiment
 from driftloop.settings import Settings
-from pipelines.values import ValueStore
+from resources.values import ValueStore
 
 TRIGGER_TAG = "driftloop/trigger"
 TRIGGER_REASON_TAG = "driftloop/trigger_reason"
@@ -44,7 +44,7 @@ class DriftloopResource(dg.ConfigurableResource):
 def build_resources(settings: Settings) -> dict[str, object]:
     """Embedded mode keeps asset values on local disk under the home; with an IO bucket
     (scale-out) they go to S3, because run workers in other containers must read them.
-    Either way as JSON and Parquet, never pickles (`pipelines.values`)."""
+    Either way as JSON and Parquet, never pickles (`resources.values`)."""
     location = (
         str(settings.io_dir)
         if settings.io_bucket is None
