@@ -1,6 +1,7 @@
 """Training: the versioned dataset, its blocking checks, and the hyper-parameter search."""
 
 import dagster as dg
+from pydantic import Field
 
 from driftloop.data import BATCH_COLUMN, TrainingSet, build_training_set
 from driftloop.hpo import SearchResult, run_search
@@ -93,16 +94,28 @@ def every_label_present(training_dataset: TrainingSet) -> dg.AssetCheckResult:
     )
 
 
+class SearchConfig(dg.Config):
+    """One run's search budget, shown and editable in the launchpad; unset fields take the
+    deployment's `DRIFTLOOP_N_TRIALS` / `DRIFTLOOP_CV_FOLDS`."""
+
+    trials: int | None = Field(default=None, ge=1, description="Optuna trials for this run.")
+    cv_folds: int | None = Field(default=None, ge=2, description="Cross-validation folds.")
+
+
 @dg.asset(group_name=GROUP, kinds={"optuna", "mlflow", "scikitlearn"}, code_version="1")
 def hpo_study(
     context: dg.AssetExecutionContext,
+    config: SearchConfig,
     driftloop: DriftloopResource,
     training_dataset: TrainingSet,
 ) -> dg.Output[SearchResult]:
     """An Optuna study (TPE, median pruning per CV fold) over the model families, optimising
     the schema's primary metric in its direction; each trial is a child MLflow run of one
     parent run per dataset version."""
-    settings = driftloop.settings()
+    chosen = {"n_trials": config.trials, "cv_folds": config.cv_folds}
+    settings = driftloop.settings().model_copy(
+        update={key: value for key, value in chosen.items() if value is not None}
+    )
     tags = {
         "driftloop.data_hash": training_dataset.data_hash,
         "driftloop.trigger": trigger_of(context),

@@ -37,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     settings = None
     try:
-        if getattr(args, "trials", None):
-            os.environ["DRIFTLOOP_N_TRIALS"] = str(args.trials)
         settings = load_settings()
         return args.command(settings, args) or 0
     except KeyboardInterrupt:
@@ -160,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_chaos.add_argument("--quick", action="store_true", help="each fault once, ~2 min")
     bench_chaos.add_argument("--minutes", type=float, help="soak length (default 10; 2 quick)")
     bench_chaos.add_argument("--json", type=Path, required=True, metavar="PATH")
-    # Four trials: the soak measures serving, not the search (`main` passes them on).
+    # Four trials: the soak measures serving, not the search (`cmd_train` passes them on).
     bench_chaos.set_defaults(command=cmd_bench_chaos, trials=4)
     bench_scale = bench.add_parser(
         "scale", help="time and peak RSS of every stage at 10k, 100k and 1M rows"
@@ -206,8 +204,9 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
                 f"no accepted data yet: put CSV or Parquet files with a {settings.target_column!r} "
                 f"column into {settings.landing} (or run `driftloop simulate`)"
             )
-        print(f"training with {settings.n_trials} trials, {settings.cv_folds}-fold CV …")
-        result = run_training(settings, instance, trigger="cli")
+        trials = getattr(args, "trials", None)
+        print(f"training with {trials or settings.n_trials} trials, {settings.cv_folds}-fold CV …")
+        result = run_training(settings, instance, trigger="cli", trials=trials)
         seconds = time.perf_counter() - started
         if not result.success:
             raise UserError(f"training run {result.run_id} failed: {run_failure(result)}")

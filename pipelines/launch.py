@@ -161,11 +161,17 @@ def run_failure(result: Any) -> str:
 
 
 def run_training(
-    settings: Settings, instance: dg.DagsterInstance, trigger: str
+    settings: Settings, instance: dg.DagsterInstance, trigger: str, trials: int | None = None
 ) -> dg.ExecuteInProcessResult:
+    """One training run; `trials` goes in as the search's run config (`SearchConfig`), as
+    a launchpad edit would, so the run records the budget it was given."""
     from pipelines.definitions import build_definitions
 
     job = build_definitions(settings).resolve_job_def("training")
+    search = {} if trials is None else {"trials": trials}
     return job.execute_in_process(
-        instance=instance, tags={TRIGGER_TAG: trigger}, run_config=QUIET, raise_on_error=False
+        instance=instance,
+        tags={TRIGGER_TAG: trigger},
+        run_config={**QUIET, "ops": {"hpo_study": {"config": search}}},
+        raise_on_error=False,
     )

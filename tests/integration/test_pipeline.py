@@ -134,8 +134,17 @@ def test_new_data_challenges_then_cli_promotes_and_rolls_back(
     monkeypatch.setenv("DRIFTLOOP_PROMOTION_POLICY", "manual")
     monkeypatch.setenv("DRIFTLOOP_PROMOTION_FLOOR", "0.5")
     land(home, rows=1500, batch_rows=1500, seed=1)
-    assert train(home).success
+    assert main(["train", "--trials", "3"]) == 0  # the budget goes in as the run's config
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(filters=dg.RunsFilter(job_name="training"))
+    assert run.run_config["ops"]["hpo_study"]["config"] == {"trials": 3}
     registry = registry_of(home)
+    client = MlflowClient(home.mlflow_tracking_uri)
+    parent = client.get_run(registry.version("1").run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 3  # not FAST_ENV's 4
     # Manual policy: the gate only recommends, and the version waits as @candidate.
     assert registry.record().aliases == {CANDIDATE: "1"}
 
