@@ -199,7 +199,9 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         if newest and newest[0].storage_id > cursor.get("seen", -1):
             cursor["seen"] = newest[0].storage_id
             drop = _quality_drop(newest[0])  # noticed: when the monitor named it
-            if drop is not None:
+            if drop is not None and "pending" not in cursor:
+                # A drop that persists is named again by every verdict, each with a later
+                # window start: the first one's start is where the new regime's rows begin.
                 cursor["pending"] = drop
             alerted = cursor.get("estimate_alerted", False)
             cursor["estimate_alerted"] = _alert_estimated_drop(newest[0], alerted)

@@ -1,5 +1,6 @@
 """Monitoring assets on prepared serving logs, and the drift/quality sensors deciding."""
 
+import json
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -297,6 +298,24 @@ def test_a_steady_drop_below_the_holdout_retrains_without_a_change_point(
         assert float(request.tags[TRAIN_SINCE_TAG]) == pytest.approx(
             noticed - settings.monitor_window_s, abs=1e-3
         )
+
+
+def test_a_drop_named_again_keeps_waiting_from_where_it_was_first_seen(
+    monitored: Settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_COOLDOWN_S", "0")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN_MIN_ROWS", "1000000")  # waits throughout
+    settings = load_settings()
+    prepare_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        replace_log(settings, DriftPlan(), 2000, "steady-again", flip=0.08)
+        run_monitors(settings, instance)
+        first = evaluate(quality_sensor(settings), instance)
+        since = json.loads(first.cursor)["pending"]["since"]
+        run_monitors(settings, instance)  # the next verdict names the same drop, later
+        again = evaluate(quality_sensor(settings), instance, first.cursor)
+        assert again.run_requests == [] and "waiting for labelled rows" in again.skip_message
+        assert json.loads(again.cursor)["pending"]["since"] == since
 
 
 def test_an_estimated_drop_alerts_once_before_any_label(monitored: Settings, monkeypatch) -> None:
