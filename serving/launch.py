@@ -60,6 +60,11 @@ SERVE_NAMESPACE = "serve"  # the namespace `serve deploy` and `serve start` conn
 # of the HAProxy process being replaced), and every stop waited the full 30 s.
 LOCAL_DRAINING_PERIOD_S = "10"
 PROXY_HEALTH_CHECK_PERIOD_S = "1"
+# How long a starting proxy may take to report ready before Serve kills and replaces it.
+# Ray's 5 s is missed on a saturated machine (load average 20-35 here): the controller
+# killed the first HAProxy manager and `serve.start` failed with ActorDiedError (twice
+# in six starts). Readiness only: the health checks above still find a dead proxy in ~3 s.
+PROXY_READY_CHECK_TIMEOUT_S = "30"
 # Requests reach the replicas over HTTP, not through the object store; Ray's default
 # reserves 30% of RAM for it.
 OBJECT_STORE_BYTES = 256 * 2**20
@@ -94,6 +99,7 @@ def serve_env(settings: Settings, haproxy: bool) -> dict[str, str]:
         # for about 6 s (driftloop bench chaos: 98.4 % against 99.7 % availability over 10
         # minutes). A check is one command on HAProxy's admin socket.
         "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": PROXY_HEALTH_CHECK_PERIOD_S,
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": PROXY_READY_CHECK_TIMEOUT_S,
         # Ray's switch for "no multi-node cluster": every process takes the loopback address
         # as the node's. Without it Ray turns 127.0.0.1 back into the machine's address
         # (the driver then cannot reach a node bound to loopback) and binds its GCS,
