@@ -119,6 +119,12 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="the closed loop: serve, drift, detect, retrain, canary, recover"
     )
     demo.add_argument("--quick", action="store_true", help="short timings (< 10 min)")
+    demo.add_argument(
+        "--stationary",
+        action="store_true",
+        help="calm traffic only, no drill, no drift: count false retrains and alarms",
+    )
+    demo.add_argument("--minutes", type=float, default=20.0, help="--stationary's traffic")
     demo.add_argument("--json", type=Path, metavar="PATH", help="write the summary here")
     demo.add_argument("--rows", type=int, help="the first champion's training rows")
     demo.add_argument("--trials", type=int)
@@ -622,9 +628,11 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_demo_classic(settings, args)
     from dataclasses import replace
 
-    from driftloop.demo import FULL, QUICK, run_demo
+    from driftloop.demo import FULL, QUICK, STATIONARY, run_demo
 
     plan = replace(QUICK if args.quick else FULL, task=args.task)
+    if args.stationary:
+        plan = replace(STATIONARY, task=args.task, calm_s=args.minutes * 60)
     if args.rows:
         plan = replace(plan, rows=args.rows)
     if args.trials:

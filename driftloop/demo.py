@@ -6,10 +6,12 @@ and daemon, so the sensors really run) and `driftloop serve` as child processes 
 (loan applications to classify, or Friedman rows to regress: `DemoPlan.task`) to serving
 over HTTP with delayed feedback, lands the labelled rows as files (so retrains see
 post-drift data), injects covariate shift and then concept drift, and records what the
-loop does on its own: the monitors' retrain requests (Dagster GraphQL), the canary's
-weights and the serving champion (`/readyz`). Its live number follows the task: accuracy
-(higher is better) or RMSE (lower is better). It imports neither Dagster nor Ray, so it
-measures the system from outside, as a user would see it.
+loop does on its own: the monitors' retrain requests, the streaming detectors' alarms (the
+error-stream sensor's ticks) and every canary decision record with its evidence (Dagster
+GraphQL), the canary's weights and the serving champion (`/readyz`); `--stationary` sends
+calm traffic only and counts what the loop raises on it. Its live number follows the task:
+accuracy (higher is better) or RMSE (lower is better). It imports neither Dagster nor Ray,
+so it measures the system from outside, as a user would see it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -59,6 +62,7 @@ class DemoPlan:
     land_every_s: float = 30.0  # one ingest run per file: fewer, larger files keep up
     calm_s: float = 90.0  # traffic before the drift (the drill runs inside it)
     drill: bool = True
+    drift: bool = True  # False: a stationary run, calm traffic only
     concept_after_s: float = 5.0  # concept drift follows covariate shift: one episode
     recover_timeout_s: float = 420.0  # give up waiting for a new champion after this
     after_s: float = 60.0  # traffic measured once the new champion serves
@@ -74,7 +78,25 @@ class DemoPlan:
 
 
 FULL = DemoPlan()
-QUICK = replace(FULL, rows=10_000, trials=6, cv_folds=2, calm_s=60.0, after_s=40.0)
+# Where the 172 s from onset to the new champion went on 2026-12-01 20:08 (idle machine):
+# the CUSUM alarm ~20 s after the change, then 89 s waiting for 3,000 rows in files landed
+# wholly after the change (a file every 30 s, each ingest run queued 6-12 s), then 57 s of
+# retrain and canary. 1,200 rows are one whole file after the change, not two: a 30 s file
+# held 1,460 rows on a loaded machine (2026-12-01 22:06), one short of 1,500. Files every
+# 10 s were tried (21:54, load average 25-30): one ingest run per file, ~60 s each under
+# that load, 44 runs queued and the retrain never got its rows; a file every 30 s keeps
+# the ingest runs to two a minute.
+QUICK = replace(
+    FULL,
+    rows=10_000,
+    trials=6,
+    cv_folds=2,
+    calm_s=60.0,
+    after_s=40.0,
+    retrain_min_rows=1200,
+)
+# Calm traffic only, for `calm_s` (`--minutes`): does the loop retrain or alarm on noise?
+STATIONARY = replace(QUICK, drill=False, drift=False, oracle=False, calm_s=20 * 60.0)
 
 
 @dataclass(frozen=True)
@@ -125,16 +147,18 @@ class Event:
     name: str
     t: float
     version: str | None
-    value: float | None  # the live metric over the last 15 s
+    value: float | None  # the live metric over the 15 s before `t`
     metric: str
+    detail: dict[str, Any] | None = None  # the record behind it: an alarm, a canary decision
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        shown = {
             "event": self.name,
             "t": round(self.t, 1),
             "model_version": self.version,
             f"live_{self.metric}": _rounded(self.value),
         }
+        return shown if self.detail is None else {**shown, "detail": self.detail}
 
 
 @dataclass
@@ -167,21 +191,39 @@ class LoopState:
     detections: list[float] = field(default_factory=list)  # t of each confirmed drift verdict
     first_answer: dict[str, float] = field(default_factory=dict)  # version -> t
     answers: dict[str, int] = field(default_factory=dict)  # version -> requests
+    # The streaming detectors' alarms (`alarm_from_*`), each once, with its t.
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    # Every canary decision record (`canary_record`), with its t.
+    canary: list[dict[str, Any]] = field(default_factory=list)
+    estimated_alerts: list[float] = field(default_factory=list)  # t an estimated drop began
+    seen: set[str] = field(default_factory=set)  # ticks and materialisations already read
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def now(self) -> float:
         return time.monotonic() - self.started
 
-    def live(self, window_s: float = 15.0) -> float | None:
-        """The task's metric over the last `window_s` of answered requests."""
+    def at(self, epoch_s: float) -> float:
+        """A wall-clock time (a tick's, a materialisation's) in seconds since traffic began."""
+        return self.now() - (time.time() - epoch_s)
+
+    def live(self, window_s: float = 15.0, end: float | None = None) -> float | None:
+        """The task's metric over the `window_s` of answered requests before `end` (now)."""
         with self.lock:
-            since = self.now() - window_s
-            recent = [s for s in self.served[-2000:] if s.t >= since]
+            until = self.now() if end is None else end
+            recent = [s for s in self.served[-4000:] if until - window_s <= s.t <= until]
         return self.quality.of(recent)
 
-    def record(self, name: str, version: str | None = None) -> Event:
-        value = self.live()
-        event = Event(name, self.now(), version or self.champion, value, self.quality.metric)
+    def record(
+        self,
+        name: str,
+        version: str | None = None,
+        at: float | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Event:
+        """An event now, or at `at` for one read after the fact (a sensor tick's alarm)."""
+        t = self.now() if at is None else at
+        value = self.live(end=t)
+        event = Event(name, t, version or self.champion, value, self.quality.metric, detail)
         with self.lock:
             self.events.append(event)
         live = f"live {self.quality.metric} {_shown(value)}"
@@ -451,6 +493,148 @@ query DriftVerdicts {
 """
 
 
+CANARY_QUERY = """
+query CanaryDecisions {
+  assetOrError(assetKey: {path: ["canary_decision"]}) {
+    ... on Asset {
+      assetMaterializations(limit: 20) {
+        timestamp
+        runId
+        metadataEntries {
+          label
+          ... on TextMetadataEntry { text }
+          ... on FloatMetadataEntry { floatValue }
+          ... on IntMetadataEntry { intValue }
+          ... on BoolMetadataEntry { boolValue }
+        }
+      }
+    }
+  }
+}
+"""
+
+ESTIMATE_QUERY = """
+query EstimatedDrops {
+  assetOrError(assetKey: {path: ["live_model_quality"]}) {
+    ... on Asset {
+      assetMaterializations(limit: 10) {
+        timestamp
+        metadataEntries { label ... on BoolMetadataEntry { boolValue } }
+      }
+    }
+  }
+}
+"""
+
+# The error-stream sensor's recent ticks: an alarm is in the tick's log (`Alarm`'s repr),
+# in the cursor's pending entry while its retrain waits, and in the retrain's tags.
+DETECTOR_QUERY = """
+query DetectorTicks($after: Float) {
+  sensorOrError(sensorSelector: {repositoryLocationName: "driftloop",
+      repositoryName: "__repository__", sensorName: "error_stream_sensor"}) {
+    ... on Sensor {
+      sensorState {
+        ticks(limit: 15, afterTimestamp: $after) {
+          tickId timestamp status cursor logEvents { events { message } }
+        }
+      }
+    }
+  }
+}
+"""
+TICK_LOOKBACK_S = 180.0  # ticks come every 15 s: a few missed polls lose none
+FINAL_TICKS = ("SKIPPED", "SUCCESS", "FAILURE")
+ALARM_LOG = "error-stream alarm: "
+# pipelines/monitor_sensors.py's names for an alarm on its pending entry and retrain tags.
+DETECTOR_TAG = "driftloop/detector"
+DETECTED_AFTER_TAG = "driftloop/detected_after_samples"
+CHANGE_SAMPLE_TAG = "driftloop/change_at_sample"
+CHANGE_AT_TAG = "driftloop/change_at"
+# The canary record's numbers the timeline and summary keep.
+CANARY_FIELDS = (
+    "challenger_version",
+    "champion_version",
+    "verdict",
+    "reason",
+    "weight",
+    "next_weight",
+    "metric",
+    "challenger_n",
+    "champion_n",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "probability_better",
+)
+
+
+def alarm_from_log(message: str) -> dict[str, Any] | None:
+    """The alarm in an `error_stream_sensor` tick's log line (a `streaming.Alarm` repr,
+    numbers possibly as `np.float64(...)`); None for any other line."""
+    if ALARM_LOG not in message:
+        return None
+    text = message.split(ALARM_LOG, 1)[1]
+    fields = dict(re.findall(r"(\w+)=(?:np\.\w+\()?'?([^,)']*)", text))
+    try:
+        return {
+            "detector": fields["detector"],
+            "samples": int(fields["samples"]),
+            "change_sample": int(fields["change_sample"]),
+            "change_at": float(fields["change_at"]),
+            "before": round(float(fields["before"]), 4),
+            "after": round(float(fields["after"]), 4),
+        }
+    except (KeyError, ValueError):
+        return None
+
+
+def alarm_from_tags(tags: dict[str, str]) -> dict[str, Any] | None:
+    """The alarm as the sensor's pending entry and the retrain it starts carry it."""
+    if DETECTOR_TAG not in tags:
+        return None
+    try:
+        return {
+            "detector": tags[DETECTOR_TAG],
+            "samples": int(tags[DETECTED_AFTER_TAG]),
+            "change_sample": int(tags[CHANGE_SAMPLE_TAG]),
+            "change_at": float(tags[CHANGE_AT_TAG]),
+        }
+    except (KeyError, ValueError):
+        return None
+
+
+def metadata_values(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Dagster metadata entries, as GraphQL gives them, as plain values by label."""
+    values: dict[str, Any] = {}
+    for entry in entries:
+        for key in ("text", "floatValue", "intValue", "boolValue"):
+            if key in entry:
+                values[entry["label"]] = entry[key]
+                break
+    return values
+
+
+def canary_record(values: dict[str, Any]) -> dict[str, Any] | None:
+    """A `canary_decision` materialisation's decision record; None when no canary ran."""
+    if values.get("verdict") in (None, "idle"):
+        return None
+    return {k: values[k] for k in CANARY_FIELDS if values.get(k) is not None}
+
+
+def canary_event(record: dict[str, Any]) -> str:
+    """A decision record as one timeline line: verdict, share, samples per arm, evidence."""
+    line = f"canary v{record.get('challenger_version')}: {record['verdict']}"
+    if "weight" in record:
+        line += f" (weight {float(record['weight']):.0%})"
+    if "challenger_n" in record:
+        line += f", n {record['challenger_n']} vs {record.get('champion_n')}"
+    if "difference" in record:
+        line += f", gain {record['difference']:+.3f}"
+        if "ci_low" in record and "ci_high" in record:
+            line += f" in [{record['ci_low']:+.3f}, {record['ci_high']:+.3f}]"
+    return f"{line}: {str(record.get('reason', ''))[:70]}"
+
+
 class Watcher(threading.Thread):
     """Polls serving's `/readyz` and Dagster's GraphQL; turns changes into events."""
 
@@ -462,19 +646,105 @@ class Watcher(threading.Thread):
         self.dagster = httpx.Client(base_url=dagster_url, timeout=20)
         self.stop_event = threading.Event()
         self.weight_zero_at: dict[str, float] = {}  # challenger version -> t its weight hit 0
+        self.flagged = False  # the newest verdict's estimated drop flag
 
     def run(self) -> None:
         tick = 0
         while not self.stop_event.is_set():
-            try:
-                self.poll_serving()
-                if tick % 3 == 0:
-                    self.poll_runs()
-                    self.poll_drift()
-            except (httpx.HTTPError, ValueError, KeyError):
-                pass  # a busy server answers next time
+            polls = [self.poll_serving]
+            if tick % 3 == 0:
+                # Detectors before runs: an alarm is dated by its tick, not by its retrain.
+                polls += [
+                    self.poll_detectors,
+                    self.poll_runs,
+                    self.poll_drift,
+                    self.poll_canary,
+                    self.poll_estimates,
+                ]
+            for poll in polls:  # a busy server answers next time
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+                    poll()
             tick += 1
             self.stop_event.wait(1.0)
+
+    def _graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = self.dagster.post("/graphql", json={"query": query, "variables": variables or {}})
+        return body.json().get("data") or {}
+
+    def note_alarm(self, alarm: dict[str, Any], epoch_s: float) -> None:
+        """An alarm seen for the first time (by detector and sample) becomes an event."""
+        key = f"alarm {alarm['detector']} {alarm['samples']} {alarm['change_sample']}"
+        state = self.state
+        if key in state.seen:
+            return
+        state.seen.add(key)
+        delay = alarm["samples"] - alarm["change_sample"]
+        entry = {
+            **alarm,
+            "t": round(state.at(epoch_s), 1),
+            "change_t": round(state.at(alarm["change_at"]), 1),
+            "samples_after_change": delay,
+        }
+        state.alarms.append(entry)
+        state.record(
+            f"error-stream alarm: {alarm['detector']}, {delay} labelled samples after the "
+            f"change it dates at t {entry['change_t']}",
+            at=entry["t"],
+            detail=entry,
+        )
+
+    def poll_detectors(self) -> None:
+        """The streaming detectors' alarms, from `error_stream_sensor`'s ticks."""
+        data = self._graphql(DETECTOR_QUERY, {"after": time.time() - TICK_LOOKBACK_S})
+        sensor = (data.get("sensorOrError") or {}).get("sensorState") or {}
+        for tick in sorted(sensor.get("ticks") or [], key=lambda t: t["timestamp"]):
+            if tick["status"] not in FINAL_TICKS or f"tick {tick['tickId']}" in self.state.seen:
+                continue
+            self.state.seen.add(f"tick {tick['tickId']}")
+            events = (tick.get("logEvents") or {}).get("events") or []
+            found = [a for a in (alarm_from_log(e["message"]) for e in events) if a]
+            pending = json.loads(tick.get("cursor") or "{}").get("pending") or {}
+            waiting = alarm_from_tags(pending.get("tags") or {})
+            for alarm in found or ([waiting] if waiting else []):
+                self.note_alarm(alarm, tick["timestamp"])
+
+    def poll_canary(self) -> None:
+        """Every canary decision record, with its samples per arm and its evidence."""
+        data = self._graphql(CANARY_QUERY)
+        found = (data.get("assetOrError") or {}).get("assetMaterializations") or []
+        for materialization in reversed(found):  # oldest first
+            key = f"canary {materialization['runId']} {materialization['timestamp']}"
+            if key in self.state.seen:
+                continue
+            self.state.seen.add(key)
+            record = canary_record(metadata_values(materialization["metadataEntries"]))
+            if record is None:
+                continue
+            record["t"] = round(self.state.at(int(materialization["timestamp"]) / 1000), 1)
+            self.state.canary.append(record)
+            self.state.record(
+                canary_event(record),
+                record.get("challenger_version"),
+                at=record["t"],
+                detail=record,
+            )
+
+    def poll_estimates(self) -> None:
+        """Episodes of the label-free estimate under the holdout (an alert each)."""
+        data = self._graphql(ESTIMATE_QUERY)
+        found = (data.get("assetOrError") or {}).get("assetMaterializations") or []
+        for materialization in reversed(found):
+            key = f"estimate {materialization['timestamp']}"
+            if key in self.state.seen:
+                continue
+            self.state.seen.add(key)
+            values = metadata_values(materialization["metadataEntries"])
+            flagged = bool(values.get("estimated_drop_flagged"))
+            if flagged and not self.flagged:
+                at = self.state.at(int(materialization["timestamp"]) / 1000)
+                self.state.estimated_alerts.append(round(at, 1))
+                self.state.record("estimated accuracy fell below the holdout's (alert)", at=at)
+            self.flagged = flagged
 
     def poll_serving(self) -> None:
         ready = self.serve.get("/readyz").json()
@@ -532,14 +802,18 @@ class Watcher(threading.Thread):
                 continue
             if before is None:
                 reason = tags.get("driftloop/trigger_reason", "")
+                alarm = alarm_from_tags(tags)
                 self.state.retrains.append(
                     {
                         "run_id": run["runId"],
                         "trigger": trigger,
                         "reason": reason,
                         "t": self.state.now(),
+                        "detector": None if alarm is None else alarm["detector"],
                     }
                 )
+                if alarm is not None:  # started at once: no tick kept it pending
+                    self.note_alarm(alarm, time.time())
                 self.state.record(f"training run requested ({trigger}: {reason[:80]})")
             if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
                 self.state.record(f"training run {run['runId'][:8]} {run['status'].lower()}")
@@ -636,7 +910,14 @@ def _loop(
     children.wait_healthy("dagster")
     state.started = time.monotonic()
     watcher = Watcher(state, urls["serve"], urls["dagster"], env["DRIFTLOOP_ADMIN_API_KEY"])
-    watcher.poll_serving()
+    # Healthy is not yet serving the champion on a busy machine (measured: 6 s later); the
+    # first champion must be known, or any champion would count as the recovery.
+    deadline = time.monotonic() + 120
+    while state.champion is None and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            watcher.poll_serving()
+        if state.champion is None:
+            time.sleep(1)
     watcher.poll_runs(prime=True)
     watcher.poll_drift(prime=True)
     traffic = Traffic(state, urls["serve"], plan, settings, settings.model_name)
@@ -646,36 +927,31 @@ def _loop(
     state.record("traffic started (calm phase)")
     try:
         drill = _calm_phase(plan, state, watcher, drill_proc, home, out)
-        state.record("covariate shift injected")
-        onset = state.now()
-        onset_index = len(state.served)
-        traffic.inject("covariate")
-        _progress_until(state, lambda: state.now() >= onset + plan.concept_after_s, out, 60)
-        traffic.inject("concept")
-        state.record(f"concept drift injected ({traffic.stream.concept_change})")
-        concept = state.now()
-        recovered = _progress_until(
-            state,
-            lambda: state.champion not in (first, drill.get("version")),
-            out,
-            plan.recover_timeout_s,
-        )
-        serving_at = state.now() if recovered else None
-        if recovered:
-            state.record("new champion serves; measuring recovery")
-            _progress_until(state, lambda: state.now() >= serving_at + plan.after_s, out, 3600)
+        if plan.drift:
+            onset, onset_index, concept, serving_at = _drift_phase(
+                plan, state, traffic, (first, drill["version"]), out
+            )
     finally:
         traffic.stop_event.set()
         traffic.join(timeout=30)
         watcher.stop_event.set()
         watcher.join(timeout=30)
+    for poll in (watcher.poll_detectors, watcher.poll_runs, watcher.poll_canary):
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+            poll()  # what happened in the last seconds of traffic
     estimator = None if state.quality.regression else _Estimator.from_registry(settings)
-    summary = _summarise(
-        plan, settings, state, first, onset, onset_index, concept, serving_at, estimator
-    )
-    summary["rollback_s"], summary["rollback_requests"] = drill["seconds"], drill["requests"]
-    # The drill's canary: answers the bad challenger gave before the rollback decision.
-    summary["canary_samples_to_decision"] = drill["requests"]
+    if not plan.drift:
+        summary = summarise_stationary(state, first)
+    else:
+        summary = _summarise(
+            plan, settings, state, first, onset, onset_index, concept, serving_at, estimator
+        )
+        summary["rollback_s"], summary["rollback_requests"] = drill["seconds"], drill["requests"]
+        outcomes = canary_outcomes(state)
+        summary["canary_samples_to_decision"] = {
+            "drill": outcomes.get(drill["version"] or ""),
+            "recovery": outcomes.get(state.champion or "") if serving_at is not None else None,
+        }
     _print_timeline(state, out)
     plot = home / f"{state.quality.metric}.png"
     _plot(state, plot, estimator)
@@ -694,6 +970,34 @@ def _loop(
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
     return summary
+
+
+def _drift_phase(
+    plan: DemoPlan,
+    state: LoopState,
+    traffic: Traffic,
+    before: tuple[str | None, str | None],
+    out: Callable[[str], None],
+) -> tuple[float, int, float, float | None]:
+    """Covariate shift, then concept drift; wait for a champion that is neither the first
+    nor the drill's (`before`), then measure it. Returns onset, its request index, the
+    concept change and when the new champion served (None: it never did)."""
+    state.record("covariate shift injected")
+    onset = state.now()
+    onset_index = len(state.served)
+    traffic.inject("covariate")
+    _progress_until(state, lambda: state.now() >= onset + plan.concept_after_s, out, 60)
+    traffic.inject("concept")
+    state.record(f"concept drift injected ({traffic.stream.concept_change})")
+    concept = state.now()
+    recovered = _progress_until(
+        state, lambda: state.champion not in before, out, plan.recover_timeout_s
+    )
+    serving_at = state.now() if recovered else None
+    if serving_at is not None:
+        state.record("new champion serves; measuring recovery")
+        _progress_until(state, lambda: state.now() >= serving_at + plan.after_s, out, 3600)
+    return onset, onset_index, concept, serving_at
 
 
 def _progress_until(
@@ -753,7 +1057,7 @@ def _calm_phase(
                 )
             else:
                 out("drill: the bad challenger was not rolled back in time")
-    _progress_until(state, lambda: state.now() >= calm_end, out, 3600)
+    _progress_until(state, lambda: state.now() >= calm_end, out, plan.calm_s + 60)
     return drill
 
 
@@ -773,8 +1077,11 @@ def _summarise(
 ) -> dict[str, Any]:
     """The issue's summary keys; times are seconds since the traffic started."""
     served, quality = state.served, state.quality
-    monitor_retrains = [r["t"] for r in state.retrains if r["trigger"] in ("drift", "quality")]
-    detected = min((t for t in state.detections + monitor_retrains if t >= onset), default=None)
+    monitor_retrains = [r["t"] for r in state.retrains if r["trigger"] in MONITOR_TRIGGERS]
+    alarm = next((a for a in sorted(state.alarms, key=lambda a: a["t"]) if a["t"] >= onset), None)
+    alarmed = [] if alarm is None else [alarm["t"]]
+    signals = state.detections + monitor_retrains + alarmed
+    detected = min((t for t in signals if t >= onset), default=None)
     delay = None
     if detected is not None:
         delay = sum(1 for s in served[onset_index:] if s.t + plan.feedback_delay_s <= detected)
@@ -826,21 +1133,137 @@ def _summarise(
                 ("concept_drift", [s for s in learn if unchanged(s)]),
             )
         },
-        "detected_by": None
-        if first_retrain is None
-        else {
-            "trigger": first_retrain["trigger"],
-            "reason": first_retrain["reason"],
-            "labelled_samples_after_onset": delay,
-        },
-        # Retrains the monitors asked for on calm traffic, before any drift was injected.
-        "false_alarms": sum(
-            1 for r in state.retrains if r["t"] < onset and r["trigger"] in ("drift", "quality")
-        ),
+        "detected_by": _detected_by(plan, state, onset, concept, alarm, first_retrain, delay),
+        # What the monitors, detectors and the estimate raised on calm traffic, before any
+        # drift was injected.
+        "false_alarms": false_alarms(state, until=onset),
+        "detector_alarms": len(state.alarms),
+        "retrains": retrains_by_trigger(state),
         "rollback_s": None,
         "rollback_requests": None,
         "canary_samples_to_decision": None,
-        "events": [e.as_dict() for e in state.events],
+        "events": [e.as_dict() for e in sorted(state.events, key=lambda e: e.t)],
+        "champion_versions": [v for v in versions if v is not None],
+    }
+
+
+MONITOR_TRIGGERS = ("drift", "quality")  # the retrains monitors ask for (not manual, drill)
+ESTIMATED_REASON = "accuracy estimated without labels"  # a retrain for an estimated drop
+
+
+def _detected_by(
+    plan: DemoPlan,
+    state: LoopState,
+    onset: float,
+    concept: float,
+    alarm: dict[str, Any] | None,
+    first_retrain: dict[str, Any] | None,
+    delay: int | None,
+) -> dict[str, Any] | None:
+    """The first streaming detector to fire after onset, else the first retrain's trigger.
+
+    A detector counts its own labelled samples from the change it estimates to its alarm;
+    `labels_sent_since_change` is the demo's count from the true (concept) change, every
+    label posted by then (an upper bound on what the detector could have read).
+    """
+    if alarm is not None:
+        sent = sum(
+            1 for s in state.served if concept <= s.t and s.t + plan.feedback_delay_s <= alarm["t"]
+        )
+        return {
+            "source": "error_stream_sensor",
+            "detector": alarm["detector"],
+            "labelled_samples": alarm["samples_after_change"],
+            "labels_sent_since_change": sent,
+            "t": alarm["t"],
+            "s_after_onset": round(alarm["t"] - onset, 1),
+            "change_estimated_at_t": alarm["change_t"],
+            "change_at_t": round(concept, 1),
+        }
+    if first_retrain is None:
+        return None
+    return {
+        "source": "monitor",
+        "trigger": first_retrain["trigger"],
+        "reason": first_retrain["reason"],
+        "labelled_samples_after_onset": delay,
+    }
+
+
+def false_alarms(state: LoopState, until: float | None = None) -> dict[str, int]:
+    """What the loop raised (before `until`, if given), counted once per cause: each
+    detector alarm, each estimated-drop alert, and each monitor retrain that neither stands
+    for (a drift verdict, a quality drop at a change point, the live metric under the
+    holdout). `total` sums them."""
+
+    def before(t: float) -> bool:
+        return until is None or t < until
+
+    retrains = [
+        r
+        for r in state.retrains
+        if before(r["t"])
+        and r["trigger"] in MONITOR_TRIGGERS
+        and not r.get("detector")
+        and not str(r["reason"]).startswith(ESTIMATED_REASON)
+    ]
+    counts = {
+        "detector_alarms": sum(1 for a in state.alarms if before(a["t"])),
+        "estimated_drop_alerts": sum(1 for t in state.estimated_alerts if before(t)),
+        "monitor_retrains": len(retrains),
+    }
+    return {**counts, "total": sum(counts.values())}
+
+
+def canary_outcomes(state: LoopState) -> dict[str, dict[str, Any]]:
+    """Each finished canary by challenger version: its verdict, the labelled samples per
+    arm the deciding record judged, how many checks it took, and the requests the
+    challenger answered until then."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    for record in sorted(state.canary, key=lambda r: r["t"]):
+        version = record.get("challenger_version")
+        if version is None or version in outcomes:
+            continue
+        if record["verdict"] not in ("promote", "rollback"):
+            continue
+        judged = [
+            r
+            for r in state.canary
+            if r.get("challenger_version") == version and "challenger_n" in r
+        ]
+        outcomes[version] = {
+            "verdict": record["verdict"],
+            "challenger_n": record.get("challenger_n"),
+            "champion_n": record.get("champion_n"),
+            "checks": len(judged),
+            "requests": sum(1 for s in state.served if s.version == version and s.t <= record["t"]),
+            "t": record["t"],
+        }
+    return outcomes
+
+
+def retrains_by_trigger(state: LoopState) -> dict[str, int]:
+    return dict(Counter(r["trigger"] for r in state.retrains))
+
+
+def summarise_stationary(state: LoopState, first: str | None) -> dict[str, Any]:
+    """A run on calm traffic only: every retrain and alarm is a false one; per hour of
+    traffic so that runs of any length compare."""
+    served, quality = state.served, state.quality
+    hours = (served[-1].t - served[0].t) / 3600 if len(served) > 1 else 0.0
+    alarms = false_alarms(state)
+    versions = [e.version for e in state.events if e.name.endswith("serves as @champion")]
+    return {
+        "mode": "stationary",
+        "minutes": round(hours * 60, 1),
+        "requests": len(served),
+        quality.metric: _rounded(quality.of([s for s in served if s.version == first])),
+        "retrains": retrains_by_trigger(state),
+        "false_alarms": alarms,
+        "alarms_per_hour": round(alarms["total"] / hours, 2) if hours else None,
+        "detector_alarms": len(state.alarms),
+        "drift_verdicts_confirmed": len(state.detections),
+        "events": [e.as_dict() for e in sorted(state.events, key=lambda e: e.t)],
         "champion_versions": [v for v in versions if v is not None],
     }
 
@@ -925,14 +1348,18 @@ def _print_timeline(state: LoopState, out: Callable[[str], None]) -> None:
     out("\ntimeline")
     live = "live acc" if state.quality.metric == "accuracy" else f"live {state.quality.metric}"
     out(f"{'t (s)':>7}  {'version':>7}  {live:>9}  event")
-    for event in state.events:
+    for event in sorted(state.events, key=lambda e: e.t):  # alarms are dated by their tick
         version = ("v" + event.version) if event.version else "-"
         out(f"{event.t:7.1f}  {version:>7}  {_shown(event.value):>9}  {event.name}")
 
 
+VERDICT_COLOURS = {"promote": "tab:green", "rollback": "tab:red", "advance": "tab:blue"}
+
+
 def _plot(state: LoopState, path: Path, estimator: _Estimator | None = None) -> None:
     """The live metric in 5 s buckets with every event as a labelled vertical line, and for
-    a classifier the accuracy its calibrated confidence estimates without labels."""
+    a classifier the accuracy its calibrated confidence estimates without labels; the
+    detectors' alarms in purple; below, each canary check's gain and interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -949,7 +1376,14 @@ def _plot(state: LoopState, path: Path, estimator: _Estimator | None = None) -> 
             times.append(start + 2.5)
             values.append(value)
     metric = quality.metric
-    fig, ax = plt.subplots(figsize=(12, 5))
+    checks = [r for r in state.canary if "difference" in r and "ci_low" in r and "ci_high" in r]
+    if checks:
+        fig, (ax, evidence) = plt.subplots(
+            2, 1, figsize=(12, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+        )
+        _plot_canary(evidence, checks)
+    else:
+        fig, ax = plt.subplots(figsize=(12, 5))
     ax.plot(times, values, color="black", linewidth=1.2, label=f"live {metric} (5 s buckets)")
     if not quality.regression and estimator is not None:
         points = [
@@ -965,10 +1399,18 @@ def _plot(state: LoopState, path: Path, estimator: _Estimator | None = None) -> 
                 linewidth=1.0,
                 label="estimated accuracy, no labels (10 s windows)",
             )
-    notable = ("drift injected", "serves as @champion", "training run requested", "rolled back")
+    notable = (
+        "drift injected",
+        "serves as @champion",
+        "training run requested",
+        "rolled back",
+        "error-stream alarm",
+        "shift injected",
+    )
     for event in state.events:
         if any(word in event.name for word in notable):
-            ax.axvline(event.t, color="tab:red", alpha=0.4, linestyle="--")
+            colour = "tab:purple" if event.name.startswith("error-stream") else "tab:red"
+            ax.axvline(event.t, color=colour, alpha=0.4, linestyle="--")
             # x in data, y in axes units: the labels sit at the bottom on either scale.
             ax.text(
                 event.t,
@@ -983,10 +1425,32 @@ def _plot(state: LoopState, path: Path, estimator: _Estimator | None = None) -> 
         ax.set_ylim(0, max(values) * 1.05)
     else:
         ax.set_ylim(0, 1.02)
-    ax.set_xlabel("seconds since traffic started")
+    (evidence if checks else ax).set_xlabel("seconds since traffic started")
     ax.set_ylabel(metric)
     ax.set_title(f"driftloop demo: live {metric} and what the loop did")
     ax.legend(loc="upper right" if quality.regression else "lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_canary(ax: Any, checks: list[dict[str, Any]]) -> None:
+    """Each canary check: the challenger's gain and its interval, coloured by verdict
+    (grey: wait); the interval shrinks as evidence accumulates until it clears a side."""
+    for record in checks:
+        low, high = record["ci_low"], record["ci_high"]
+        colour = VERDICT_COLOURS.get(record["verdict"], "tab:gray")
+        ax.errorbar(
+            record["t"],
+            record["difference"],
+            yerr=[[record["difference"] - low], [high - record["difference"]]],
+            fmt="o",
+            markersize=3,
+            color=colour,
+            capsize=2,
+        )
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_ylabel("canary gain")
+    ax.set_title(
+        "canary checks: challenger's gain, interval (green promote, red rollback)", fontsize=8
+    )
