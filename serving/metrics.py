@@ -79,6 +79,14 @@ class ServingMetrics:
             registry=r,
         )
         self.cache_hits, self.cache_misses = cache.labels("hit"), cache.labels("miss")
+        ingress = Counter(
+            "driftloop_predict_ingress",
+            "Predict requests by who read them: the fast path (`serving/fast_ingress.py`), or "
+            "FastAPI (a body the fast path could not take, any refusal).",
+            ["path"],
+            registry=r,
+        )
+        self.ingress = {True: ingress.labels("fast"), False: ingress.labels("fastapi")}
         self.cache_entries = Gauge(
             "driftloop_prediction_cache_entries",
             "Answers the prediction cache holds (expired ones until the next store).",
