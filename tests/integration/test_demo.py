@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from driftloop.demo import (
+from cli.demo import (
     QUICK,
     STATIONARY,
     LoopState,
@@ -43,7 +43,7 @@ from driftloop.training import DEFAULT_TRIALS, make_model
 
 def test_the_demo_module_imports_neither_dagster_nor_ray() -> None:
     """The demo watches the system from outside; importing it must not start either stack."""
-    probe = "import sys, driftloop.demo; print(sorted({'dagster', 'ray'} & set(sys.modules)))"
+    probe = "import sys, cli.demo; print(sorted({'dagster', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

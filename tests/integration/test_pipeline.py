@@ -9,7 +9,7 @@ import pytest
 from mlflow import MlflowClient
 
 from assets.canary import TAG_WEIGHT
-from driftloop.cli import main
+from cli.main import main
 from driftloop.promotion import QUEUED_ACTION
 from driftloop.registry import (
     CANDIDATE,

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli.main import status_report
 from driftloop import alerts
 from driftloop.alerts import WEBHOOK_ENV
-from driftloop.cli import status_report
 from driftloop.data import BatchStore
 from driftloop.registry import CHALLENGER, CHAMPION, Registry
 from driftloop.schema import load_schema

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from cli.main import STATUS_AUDIT_ENTRIES, UserError, _one_line, main
 from driftloop.audit import AuditTrail
-from driftloop.cli import STATUS_AUDIT_ENTRIES, UserError, _one_line, main
 from driftloop.schema import DatasetSchema, ExcludedColumn, FeatureSpec
 from driftloop.settings import Settings, redacted
 from serving.security import AuditLog

@@ -895,7 +895,7 @@ def _loop(
             [
                 str(bin_dir / "python"),
                 "-c",
-                "import driftloop.demo as d; d.register_bad_challenger()",
+                "import cli.demo as d; d.register_bad_challenger()",
             ],
             env=env,
             cwd=home,
