@@ -37,11 +37,15 @@ Y = TypeVar("Y", int, float)
 @dataclass(frozen=True)
 class DriftPlan:
     """Where the stream changes, counted in emitted rows from the start of the stream;
-    `drift_function` is the Agrawal function the loan stream switches to."""
+    `drift_function` is the Agrawal function the loan stream switches to. With
+    `concept_region` (feature, low, high) the concept changes only for rows whose feature
+    lies in [low, high): a local change that costs a few points of accuracy, not dozens,
+    yet stays learnable, the subtle episode a fixed threshold misses."""
 
     covariate_shift_at: int | None = None
     concept_drift_at: int | None = None
     drift_function: int = DEFAULT_DRIFT_FUNCTION
+    concept_region: tuple[str, float, float] | None = None
 
 
 class _DriftingStream(ABC, Generic[Y]):
@@ -74,10 +78,16 @@ class _DriftingStream(ABC, Generic[Y]):
 
     def __next__(self) -> tuple[dict[str, float], Y]:
         drifted = _reached(self.plan.concept_drift_at, self.position)
-        source = self._after if drifted else self._before
+        region = self.plan.concept_region
+        source = self._after if drifted and region is None else self._before
         shifted = _reached(self.plan.covariate_shift_at, self.position)
         while True:
             x, y = self._row(*next(source))
+            if drifted and region is not None and _inside(x, region):
+                # The same share of rows falls in the region; theirs follow the new concept.
+                x, y = self._row(*next(self._after))
+                while not _inside(x, region):
+                    x, y = self._row(*next(self._after))
             if not shifted or self._rng.random() < self._keep_probability(x):
                 self.position += 1
                 return x, y
@@ -168,6 +178,11 @@ def stream_for(task: DemoTask, seed: int, plan: DriftPlan = DriftPlan()) -> Stre
 
 def _reached(at: int | None, position: int) -> bool:
     return at is not None and position >= at
+
+
+def _inside(x: dict[str, float], region: tuple[str, float, float]) -> bool:
+    feature, low, high = region
+    return low <= x[feature] < high
 
 
 def write_batches(
