@@ -47,6 +47,30 @@ def test_concept_drift_breaks_a_static_model() -> None:
     assert after < before - 0.1
 
 
+def test_a_regional_concept_change_is_local_and_small() -> None:
+    model = HistGradientBoostingClassifier(random_state=0).fit(
+        *_xy(LoanStream(seed=1).take_frame(6000, "label"))
+    )
+    region = ("age", 40.0, 47.0)
+    plan = DriftPlan(concept_drift_at=0, concept_region=region)
+    drifted = LoanStream(seed=2, plan=plan).take_frame(8000, "label")
+    calm = LoanStream(seed=2).take_frame(8000, "label")
+    inside = drifted["age"].between(40, 46)
+
+    def accuracy(frame: pd.DataFrame) -> float:
+        x, y = _xy(frame)
+        return float((model.predict(x) == y).mean())
+
+    assert 0.08 < inside.mean() < 0.15  # P(x) unchanged: ~7 of 61 ages
+    assert accuracy(drifted[~inside]) > accuracy(calm) - 0.02  # outside: the old concept
+    assert accuracy(drifted[inside]) < accuracy(calm) - 0.15  # inside: the new one
+    assert 0.015 < accuracy(calm) - accuracy(drifted) < 0.05  # a few points overall
+
+
+def _xy(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    return frame[FEATURES], frame["label"]
+
+
 def test_write_batches_splits_rows_into_files(tmp_path: Path) -> None:
     names = write_batches(LoanStream(seed=1), 2500, 1000, Folder(tmp_path), "approved", "csv")
     assert names == sorted(names)
