@@ -97,16 +97,13 @@ def welch(
     challenger: np.ndarray, champion: np.ndarray, confidence: float
 ) -> tuple[float, float, float, float]:
     """Difference of means, its Welch confidence interval, and the two-sided p-value."""
-    m1, m2 = challenger.mean(), champion.mean()
-    v1, v2 = challenger.var(ddof=1) / len(challenger), champion.var(ddof=1) / len(champion)
-    difference = float(m1 - m2)
-    se = float(np.sqrt(v1 + v2))
-    if se == 0:  # identical constant outcomes: no uncertainty left
+    difference = float(challenger.mean() - champion.mean())
+    if challenger.var() == 0 and champion.var() == 0:
+        # Constant outcomes on both arms: no uncertainty left, where scipy answers NaN.
         return difference, difference, difference, 1.0 if difference == 0 else 0.0
-    df = (v1 + v2) ** 2 / (v1**2 / (len(challenger) - 1) + v2**2 / (len(champion) - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
-    p_value = float(stats.ttest_ind(challenger, champion, equal_var=False).pvalue)
-    return difference, difference - half, difference + half, p_value
+    test = stats.ttest_ind(challenger, champion, equal_var=False)
+    low, high = test.confidence_interval(confidence)
+    return difference, float(low), float(high), float(test.pvalue)
 
 
 def sequential(

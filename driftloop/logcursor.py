@@ -50,8 +50,7 @@ class Position:
 
     @classmethod
     def from_json(cls, value: list[Any]) -> Position:
-        gap = value[3] if len(value) > 3 else None
-        return cls(int(value[0]), int(value[1]), bool(value[2]), gap)
+        return cls(int(value[0]), int(value[1]), bool(value[2]), value[3])
 
 
 @dataclass

@@ -243,10 +243,6 @@ class Registry:
         aliases = {alias: str(version) for alias, version in model.aliases.items()}
         return ModelRecord(aliases, dict(model.tags))
 
-    def model_tag(self, key: str) -> str | None:
-        """A tag of the registered model itself: state shared by everyone serving it."""
-        return self.record().tags.get(key)
-
     def set_model_tag(self, key: str, value: str) -> None:
         self.client.set_registered_model_tag(self.name, key, value)
 

@@ -19,7 +19,6 @@ EXECUTOR = dg.in_process_executor
 ingest_job = dg.define_asset_job(
     "ingest",
     selection=dg.AssetSelection.assets(ingestion.landed_batch),
-    partitions_def=ingestion.landed_files,
     description="Validate one landed file and accept or quarantine it.",
     tags={"driftloop/kind": "ingest"},
     executor_def=EXECUTOR,

@@ -190,9 +190,7 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
         description="Retrains when the champion's live quality drops at a detected change.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
-        raw = json.loads(context.cursor or "{}")
-        # An asset sensor of the same name (driftloop before 2026-11-23) kept a bare id.
-        cursor = raw if isinstance(raw, dict) else {"seen": int(raw)}
+        cursor = json.loads(context.cursor or "{}")
         newest = context.instance.fetch_materializations(
             dg.AssetKey("live_model_quality"), limit=1
         ).records

@@ -29,6 +29,7 @@ from serving import launch
 from serving.app import ServeArgs
 from serving.launch import free_port
 from tests.conftest import FAST_ENV, land, train
+from tests.waits import has_request_ids, logged
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,6 +84,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
 def send(loop: Loop, stream: LoanStream, requests: int) -> dict[str, int]:
     """Single-instance requests, each followed by its true label as feedback."""
     answered: dict[str, int] = {}
+    request_ids: set[str] = set()
     with httpx.Client(base_url=loop.url, timeout=30) as client:
         for i in range(requests):
             x, y = next(stream)
@@ -90,9 +92,12 @@ def send(loop: Loop, stream: LoanStream, requests: int) -> dict[str, int]:
             assert answer.status_code == 200, answer.text
             body = answer.json()
             answered[body["model_version"]] = answered.get(body["model_version"], 0) + 1
+            request_ids.add(body["request_id"])
             feedback = {"request_id": body["request_id"], "label": y}
             assert client.post("/v1/feedback", json=feedback).status_code == 200
-    time.sleep(3)  # the serving log publishes a file when its 2 s window closes
+    # What the sensors and monitors read: the replica publishes what it logged every flush.
+    logged(loop.settings.prediction_log, has_request_ids(request_ids))
+    logged(loop.settings.feedback_log, has_request_ids(request_ids))
     return answered
 
 

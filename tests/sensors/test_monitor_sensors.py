@@ -252,8 +252,8 @@ def test_quality_drop_is_located_and_triggers(monitored: Settings, monkeypatch) 
         assert (
             f" in {metric} at labelled sample {change}" in request.tags["driftloop/trigger_reason"]
         )
-        # The cursor an asset sensor of the same name left (a bare event id) still works.
-        (again,) = evaluate(quality_sensor(settings), instance, cursor="0").run_requests
+        # Evaluated again from an older cursor, the same drop asks for the same run.
+        (again,) = evaluate(quality_sensor(settings), instance, cursor='{"seen": 0}').run_requests
         assert again.run_key == request.run_key
         accuracy = materialization.metadata[
             f"accuracy/v{materialization.metadata['champion_version'].value}"

@@ -10,8 +10,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from ray import serve
 from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from driftloop.candidate import model_signature, serving_requirements
-from driftloop.monitoring import read_log
 from driftloop.registry import (
     CHALLENGER,
     CHAMPION,
@@ -38,7 +36,6 @@ from driftloop.registry import (
 )
 from driftloop.schema import DatasetSchema, infer_schema
 from driftloop.settings import Settings, load_settings
-from driftloop.storage import Folder
 from driftloop.training import DEFAULT_TRIALS, TRUSTED_TYPES, make_model, model_output
 from serving import launch
 from serving.app import ServeArgs, build_app
@@ -54,19 +51,6 @@ SERVE_ENV = {
     "DRIFTLOOP_PREDICTION_LOG_WINDOW_S": "2",
     "DRIFTLOOP_PREDICTION_LOG_FLUSH_S": "0.25",
 }
-
-
-def logged(
-    log: Folder, until: Callable[[pd.DataFrame], bool], timeout_s: float = 30
-) -> pd.DataFrame:
-    """The published log once `until` holds for it (a replica publishes every flush)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        frame = read_log(log)
-        if not frame.empty and until(frame):
-            return frame
-        assert time.monotonic() < deadline, f"{log} never held the expected records"
-        time.sleep(0.1)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from serving.cache import PredictionCache
 from serving.launch import APP_NAME
 from serving.model import LoadedModel, ModelStore
 from serving.schemas import build_request_models, features_from_signature
-from tests.serving.conftest import ADMIN_KEY, Served, logged
+from tests.serving.conftest import ADMIN_KEY, Served
+from tests.waits import logged, wait_until
 
 PREDICT = "/v1/models/driftloop:predict"
 ADMIN = {"X-API-Key": ADMIN_KEY}
@@ -156,13 +157,6 @@ def expected(model: LoadedModel, *instances: dict[str, Any]) -> list[list[float]
     return probabilities.tolist()
 
 
-def wait_for(condition: Any, timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def cached(served: Served) -> Iterator[Served]:
     home = str(served.settings.home)
@@ -224,7 +218,7 @@ def test_a_swap_empties_the_cache_and_the_new_version_answers(
         assert cache_counts(client)["entries"] >= 1
         cached.registry.set_alias(CHAMPION, cached.challenger)
         try:
-            wait_for(
+            wait_until(
                 lambda: (
                     client.get("/readyz", headers=ADMIN).json()["champion"]["version"]
                     == cached.challenger
@@ -235,7 +229,7 @@ def test_a_swap_empties_the_cache_and_the_new_version_answers(
             after = cache_counts(client)
         finally:
             cached.registry.set_alias(CHAMPION, cached.champion)
-            wait_for(
+            wait_until(
                 lambda: (
                     client.get("/readyz", headers=ADMIN).json()["champion"]["version"]
                     == cached.champion

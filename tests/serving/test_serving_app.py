@@ -5,6 +5,7 @@ order and each leaves the aliases and routing as it found them.
 """
 
 import asyncio
+import functools
 import json
 import math
 import time
@@ -23,7 +24,8 @@ from serving.app import ServeArgs, build_app
 from serving.launch import APP_NAME
 from serving.router import SPLIT_TAG, SharedSplit, TrafficSplit
 from serving.security import REQUEST_ID_CHARS
-from tests.serving.conftest import ADMIN_KEY, Served, artifact_file, logged
+from tests.serving.conftest import ADMIN_KEY, Served, artifact_file
+from tests.waits import logged, wait_until, wait_until_async
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +60,11 @@ def served_requests(client: httpx.Client) -> float:
     )
 
 
-async def hammer(url: str, stop: asyncio.Event, concurrency: int = 8) -> list[tuple[int, str]]:
-    """Keyless single-instance requests at fixed concurrency until `stop`; (status, version)."""
-    seen: list[tuple[int, str]] = []
+async def hammer(
+    url: str, stop: asyncio.Event, seen: list[tuple[int, str]], concurrency: int = 8
+) -> None:
+    """Keyless single-instance requests at fixed concurrency until `stop`, each answer's
+    (status, version) appended to `seen` as it arrives."""
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
 
         async def worker() -> None:
@@ -72,19 +76,28 @@ async def hammer(url: str, stop: asyncio.Event, concurrency: int = 8) -> list[tu
                     seen.append((0, repr(error)))
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return seen
 
 
-async def swap_under_load(served: Served, change) -> tuple[list[tuple[int, str]], float]:
-    """Run `change()` (an alias move) under load; returns the answers and its wall time."""
+async def swap_under_load(served: Served, change, version: str) -> list[tuple[int, str]]:
+    """Run `change()` (an alias move) under load until `version` answers every request
+    then in flight (or one fails); returns the answers in arrival order."""
+    seen: list[tuple[int, str]] = []
     stop = asyncio.Event()
-    load = asyncio.create_task(hammer(served.url, stop))
-    await asyncio.sleep(1.0)
-    started = time.perf_counter()
+    load = asyncio.create_task(hammer(served.url, stop, seen))
+    await wait_until_async(lambda: len(seen) >= 20)  # the load is flowing
     await asyncio.to_thread(change)
-    await asyncio.sleep(2.0)
+    changed = len(seen)
+
+    def settled() -> bool:
+        after = seen[changed:]
+        recent = after[-16:]  # twice the concurrency: none of them began before the swap
+        failed = any(status != 200 for status, _ in after)
+        return failed or (len(recent) == 16 and all(v == version for _, v in recent))
+
+    await wait_until_async(settled)
     stop.set()
-    return await load, time.perf_counter() - started
+    await load
+    return seen
 
 
 def test_champion_answers_in_kserve_shape(served: Served) -> None:
@@ -301,16 +314,19 @@ def test_feedback_is_logged_for_issued_request_ids_only(served: Served) -> None:
 
 def test_hot_swap_under_load_has_no_errors(served: Served) -> None:
     """Promote the challenger, then roll back through the admin endpoint, both under load."""
-    answers, _ = asyncio.run(swap_under_load(served, lambda: served.registry.promote("2")))
+    promote = functools.partial(served.registry.promote, served.challenger)
+    answers = asyncio.run(swap_under_load(served, promote, served.challenger))
     assert {status for status, _ in answers} == {200}
     versions = [v for _, v in answers]
     assert versions[0] == served.champion and versions[-1] == served.challenger
 
     with served.client() as client:
         assert client.get("/readyz", headers=ADMIN).json()["last_swap_ms"] < 1000
-        answers, _ = asyncio.run(
+        answers = asyncio.run(
             swap_under_load(
-                served, lambda: client.post("/admin/rollback", headers=ADMIN).raise_for_status()
+                served,
+                lambda: client.post("/admin/rollback", headers=ADMIN).raise_for_status(),
+                served.champion,
             )
         )
         assert {status for status, _ in answers} == {200}
@@ -371,13 +387,6 @@ def state(client: httpx.Client) -> dict:
     return answer.json()
 
 
-def wait_for(condition, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 def test_a_deleted_artifact_is_reported_retried_with_backoff_and_routing_still_arrives(
     served: Served,
 ) -> None:
@@ -394,14 +403,14 @@ def test_a_deleted_artifact_is_reported_retried_with_backoff_and_routing_still_a
             return loaded and loaded["version"]
 
         # Settled first: a load begun before the alias went away would finish after it.
-        wait_for(lambda: challenger() == served.challenger)
+        wait_until(lambda: challenger() == served.challenger)
         registry.delete_alias(CHALLENGER)
-        wait_for(lambda: challenger() is None)
+        wait_until(lambda: challenger() is None)
         artifacts.rename(aside)
         try:
             started = time.monotonic()
             registry.set_alias(CHALLENGER, served.challenger)
-            wait_for(lambda: state(client)["load_failures"])
+            wait_until(lambda: state(client)["load_failures"])
             (failure,) = state(client)["load_failures"]
             assert (failure["alias"], failure["version"]) == ("challenger", served.challenger)
             assert failure["reason"].startswith("MlflowException") and failure["retry_in_s"] > 1
@@ -414,8 +423,8 @@ def test_a_deleted_artifact_is_reported_retried_with_backoff_and_routing_still_a
             # Another replica's admin call, as the registry carries it: it still arrives.
             split = SharedSplit(current=TrafficSplit(canary_weight=0.3), deployed=TrafficSplit())
             registry.set_model_tag(SPLIT_TAG, split.model_dump_json())
-            wait_for(lambda: client.get("/readyz", headers=ADMIN).json()["canary_weight"] == 0.3)
-            wait_for(lambda: state(client)["load_failures"][0]["attempts"] >= 2)
+            wait_until(lambda: client.get("/readyz", headers=ADMIN).json()["canary_weight"] == 0.3)
+            wait_until(lambda: state(client)["load_failures"][0]["attempts"] >= 2)
             polls = (time.monotonic() - started) / 0.2
             failed = 'driftloop_model_swaps_total{alias="challenger",outcome="failed"}'
             count = next(
@@ -459,10 +468,16 @@ def test_admin_routing_reaches_every_replica(served: Served) -> None:
         assert states == {"RUNNING": 2}
         with served.client() as client:
             routing(client, canary_weight=1.0)
-            time.sleep(1)  # a few polls
-            weights = Counter(
-                client.get("/readyz", headers=ADMIN).json()["canary_weight"] for _ in range(40)
-            )
+
+            def weights_seen(n: int) -> Counter:
+                return Counter(
+                    client.get("/readyz", headers=ADMIN).json()["canary_weight"] for _ in range(n)
+                )
+
+            # The other replica follows at its next poll; 20 answers in a row all from one
+            # replica would be a 1-in-500,000 chance.
+            wait_until(lambda: weights_seen(20) == {1.0: 20})
+            weights = weights_seen(40)
             answers = Counter(
                 client.post(PREDICT, json={"instances": [INSTANCE]}).headers["x-model-version"]
                 for _ in range(40)
@@ -488,9 +503,11 @@ def test_mlflow_unreachable_still_serves_from_local_copy(served: Served) -> None
             assert ready["champion"]["version"] == served.champion
             semver = served.registry.version(served.champion).tags[TAG_SEMVER]
             assert ready["champion"]["semver"] == semver  # kept with the cached copy
-            time.sleep(1)  # a few failed registry polls
-            r = client.post(PREDICT, json={"instances": [INSTANCE]})
-            assert r.status_code == 200 and r.headers["x-model-version"] == served.champion
+            # Answered throughout a few failed registry polls (every 0.2 s), not only once.
+            polls_failed_by = time.monotonic() + 1
+            while time.monotonic() < polls_failed_by:
+                r = client.post(PREDICT, json={"instances": [INSTANCE]})
+                assert r.status_code == 200 and r.headers["x-model-version"] == served.champion
     finally:  # later tests expect the live registry behind the app again
         live = ServeArgs(home=str(served.settings.home), poll_interval_s=0.2)
         serve.run(build_app(live), name=APP_NAME, route_prefix="/")

@@ -15,6 +15,7 @@ from driftloop.registry import CHALLENGER, CHAMPION, PREVIOUS
 from driftloop.simulate import LoanStream
 from resources.deployment import build_resources
 from tests.serving.conftest import ADMIN_KEY, Served
+from tests.waits import has_request_ids, logged
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,7 @@ def traffic(
     Returns answers per version."""
     stream = LoanStream(seed=random.randrange(10_000))
     answered: dict[str, int] = {}
+    request_ids: set[str] = set()
     with served.client() as client:
         for i in range(requests):
             x, _ = next(stream)
@@ -63,6 +65,7 @@ def traffic(
             response = client.post(PREDICT, json=body)
             assert response.status_code == 200, response.text
             answer = response.json()
+            request_ids.add(answer["request_id"])
             version = answer["model_version"]
             answered[version] = answered.get(version, 0) + 1
             label = answer["predictions"][0]
@@ -72,7 +75,9 @@ def traffic(
                 label = 1 - int(label)
             feedback = {"request_id": answer["request_id"], "label": label}
             assert client.post("/v1/feedback", json=feedback).status_code == 200
-    time.sleep(3.5)  # the log publishes its files when its 2 s window closes
+    # What the canary step reads: the replica publishes what it logged every flush.
+    logged(served.settings.prediction_log, has_request_ids(request_ids))
+    logged(served.settings.feedback_log, has_request_ids(request_ids))
     return answered
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from serving.model import frame_of
-from tests.serving.conftest import BLANKED, RealServed, logged
+from tests.serving.conftest import BLANKED, RealServed
+from tests.waits import logged
 
 pytestmark = pytest.mark.slow
 

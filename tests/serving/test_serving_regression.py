@@ -12,7 +12,8 @@ import pytest
 
 from driftloop.registry import CHALLENGER, CHAMPION
 from serving.model import frame_of
-from tests.serving.conftest import ADMIN_KEY, DIABETES_BLANKED, RegressionServed, logged
+from tests.serving.conftest import ADMIN_KEY, DIABETES_BLANKED, RegressionServed
+from tests.waits import logged
 
 pytestmark = pytest.mark.slow
 

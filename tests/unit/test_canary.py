@@ -87,10 +87,17 @@ def test_inconclusive_at_the_sample_cap_rolls_back() -> None:
     assert "inconclusive" in slightly_worse.reason or "significantly" in slightly_worse.reason
 
 
-def test_welch_matches_scipy_interval_width() -> None:
+def test_welch_interval_is_the_textbook_one() -> None:
+    """scipy's interval against Welch-Satterthwaite written out: t quantile times the
+    standard error around the difference; constant arms have no width (scipy says NaN)."""
     a, b = outcomes(0.8, 500, 3), outcomes(0.85, 800, 4)
     diff, low, high, p = welch(a, b, 0.95)
-    assert np.isclose(diff, a.mean() - b.mean()) and low < diff < high and 0 < p < 1
+    v1, v2 = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (v1 + v2) ** 2 / (v1**2 / (len(a) - 1) + v2**2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * np.sqrt(v1 + v2)
+    assert np.isclose(diff, a.mean() - b.mean()) and 0 < p < 1
+    assert np.allclose([low, high], [diff - half, diff + half], rtol=1e-12, atol=0)
+    assert welch(np.ones(40), np.zeros(60), 0.95) == (1.0, 1.0, 1.0, 0.0)
 
 
 def test_log_loss_is_compared_per_request_lower_being_better() -> None:

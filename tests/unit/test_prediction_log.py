@@ -4,7 +4,6 @@ local folder and on an S3 prefix alike."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -14,17 +13,11 @@ from driftloop.monitoring import read_log
 from driftloop.storage import Folder
 from serving.prediction_log import FEEDBACK_SCHEMA, ParquetLog, prediction_schema
 from serving.schemas import FeatureField
+from tests.waits import wait_until
 
 
 def feedback(request_id: str) -> dict[str, object]:
     return {"request_id": request_id, "id": None, "at": datetime.now(UTC), "label": "1"}
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_records_are_published_each_flush_and_folded_when_the_window_ends(
@@ -50,7 +43,7 @@ def test_a_record_arrow_cannot_take_is_dropped_and_the_writer_goes_on(folder: Fo
     dropped: list[int] = []
     log = ParquetLog(folder, pa.schema([("n", pa.int64())]), "w2", 3600, 10, dropped.append, 0.05)
     log.append([{"n": 10**30}])  # beyond int64: pyarrow raises OverflowError
-    time.sleep(0.3)
+    wait_until(lambda: dropped == [1])  # its flush is over: the next record is a flush of its own
     log.append([{"n": 7}])
     log.close()
     assert dropped == [1] and list(read_log(folder)["n"]) == [7]

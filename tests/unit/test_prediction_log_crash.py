@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from driftloop.monitoring import read_log
 from driftloop.settings import PROJECT_ROOT
 from driftloop.storage import Folder
 from serving.prediction_log import FEEDBACK_SCHEMA, STALE_S, ParquetLog
+from tests.waits import wait_until
 
 # Appends one record, then prints its number, until killed.
 VICTIM = """
@@ -41,13 +41,6 @@ while True:
     i += 1
     time.sleep(0.002)
 """
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def feedback(request_id: str) -> dict[str, object]:

@@ -74,7 +74,7 @@ def test_a_planted_value_naming_another_type_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(UntrustedValue, match="unknown type 'Popen'"):
         dg.materialize(
-            [consumed, dg.SourceAsset("produced")],
+            [consumed, dg.AssetSpec("produced")],
             resources={"io_manager": ValueStore(location=str(tmp_path / "io"))},
         )
     assert not (tmp_path / "pwned").exists()
@@ -106,7 +106,7 @@ def test_a_pickle_left_by_an_older_release_is_replaced_never_loaded(tmp_path: Pa
         raise AssertionError("the old pickle was loaded")
 
     with pytest.raises(UntrustedValue, match="stored as a pickle by an older release"):
-        dg.materialize([consumed, dg.SourceAsset("produced")], resources={"io_manager": store})
+        dg.materialize([consumed, dg.AssetSpec("produced")], resources={"io_manager": store})
 
     @dg.asset
     def produced() -> dict:
