@@ -677,22 +677,24 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from bench import serve as serve_bench
     from driftloop.registry import CHAMPION, Registry, configure_tracking
-    from serving import bench
 
     configure_tracking(settings)
     if Registry(settings.mlflow_tracking_uri, settings.model_name).by_alias(CHAMPION) is None:
         print("no @champion yet: simulating data and training one")
         cmd_simulate(settings, _parser().parse_args(["simulate", "--rows", "5000"]))
         cmd_train(settings, args)
-    result = bench.run(settings, quick=args.quick, json_path=args.json, replicas=args.replicas)
-    print(bench.table(result))
+    result = serve_bench.run(
+        settings, quick=args.quick, json_path=args.json, replicas=args.replicas
+    )
+    print(serve_bench.table(result))
     print(f"wrote {args.json}")
     return 0
 
 
 def cmd_bench_chaos(settings: Settings, args: argparse.Namespace) -> int:
-    from serving import chaos
+    from bench import chaos
 
     def train(home: Settings) -> None:
         """Simulated loans into the soak's fresh home, then the real training job."""

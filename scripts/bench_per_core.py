@@ -20,10 +20,10 @@ from typing import Any
 
 import psutil
 
+from bench.serve import Load, _example_instance, _parse_wrk
 from driftloop.settings import load_settings
 from serving import launch
 from serving.app import ServeArgs
-from serving.bench import Load, _example_instance, _parse_wrk
 
 REPLICA_CORE, CLIENT_CORE = "0", "1"
 

@@ -32,12 +32,12 @@ from typing import Any
 import httpx
 from ray import serve
 
+from bench.serve import Load, _parse_wrk
 from driftloop.registry import CHAMPION, Registry
 from driftloop.settings import Settings, load_settings
 from driftloop.simulate import LoanStream, write_batches
 from serving import launch
 from serving.app import ServeArgs, build_app
-from serving.bench import Load, _parse_wrk
 from serving.cache import PredictionCache
 from serving.launch import APP_NAME
 from serving.model import ModelStore

@@ -1,6 +1,6 @@
 """The short chaos soak: two replicas under steady load while a replica, HAProxy and the
 Serve controller are SIGKILLed, the MLflow server is stopped and restarted and aliases move
-(`serving.chaos`, `driftloop bench chaos --quick`). Real Ray Serve, a real `mlflow server`,
+(`bench.chaos`, `driftloop bench chaos --quick`). Real Ray Serve, a real `mlflow server`,
 real processes; nothing mocked."""
 
 from pathlib import Path
@@ -8,8 +8,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench import chaos
 from driftloop.settings import Settings
-from serving import chaos
 from tests.conftest import land, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

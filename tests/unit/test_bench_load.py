@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from serving import bench
+from bench import serve as bench
 
 
 class Echo(BaseHTTPRequestHandler):

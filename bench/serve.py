@@ -239,7 +239,7 @@ def bench_bare(settings: Settings, instance: dict, seconds: float, port: int) ->
         "-m",
         "uvicorn",
         "--factory",
-        "serving.bench:bare_app",
+        "bench.serve:bare_app",
         "--host",
         "127.0.0.1",
         "--port",
