@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.serve import champion_payload
 from driftloop.client import BACKOFF_BASE_S, BACKOFF_CAP_S, MAX_RETRY_AFTER_S
 from driftloop.monitoring import read_log
 from driftloop.registry import CANDIDATE, CHALLENGER, CHAMPION, PREVIOUS, Registry
@@ -428,17 +429,6 @@ def _replica_states(application: Any) -> dict[Any, int]:
     return application.deployments[DEPLOYMENT].replica_states
 
 
-def _example_instance(settings: Settings, registry: Registry) -> dict[str, Any]:
-    """The first row of the champion's own input example: a realistic payload."""
-    from mlflow.models import Model
-
-    champion = registry.by_alias(CHAMPION)
-    assert champion is not None
-    local = registry.download(champion.version, settings.home / "chaos" / "model")
-    frame = Model.load(str(local)).load_input_example(str(local))
-    return json.loads(frame.head(1).to_json(orient="records"))[0]
-
-
 def _three_versions(registry: Registry) -> dict[str, str]:
     """`@champion` as trained, the same model registered again as `@challenger` and once
     more as `@candidate` (a version no gate passed: serving must never answer with it)."""
@@ -503,7 +493,7 @@ def run(
         seen: set[tuple[int, float]] = set()
         try:
             versions = _three_versions(registry)
-            instance = _example_instance(home, registry)
+            instance = champion_payload(registry, home.home / "chaos" / "model")
             result = _soak(
                 served, registry, mlflow, versions, instance, minutes, quick, rate, progress, seen
             )

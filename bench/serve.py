@@ -121,22 +121,27 @@ _WRK_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
 
 
 def _wrk(url: str, body: dict, concurrency: int, seconds: float) -> Load:
-    """One wrk run (one thread: a second would take CPU from the server) posting `body`."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = [==[{json.dumps(body, ensure_ascii=False)}]==]\n"  # Lua long string
-        )
+    """One wrk run posting `body` over and over."""
+    body_lua = f"wrk.body = [==[{json.dumps(body, ensure_ascii=False)}]==]\n"  # long string
+    return run_wrk(url, body_lua, concurrency, seconds)
+
+
+def run_wrk(url: str, script: str, concurrency: int, seconds: float) -> Load:
+    """One wrk run (one thread: a second would take CPU from the server) of a Lua `script`
+    that picks the bodies; every request is a JSON POST."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
+        lua.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+        lua.write(script)
     try:
         duration = f"-d{max(1, round(seconds))}s"
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s", script.name, url],
+            ["wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s", lua.name, url],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
     finally:
-        os.unlink(script.name)
+        os.unlink(lua.name)
     return _parse_wrk(out)
 
 
@@ -181,14 +186,14 @@ def _tree_rss_mb(root: psutil.Process, include_root: bool = True) -> float:
     return round(total / 2**20, 1)
 
 
-def _example_instance(settings: Settings) -> dict[str, Any]:
-    """The first row of the champion's own input example: a realistic payload."""
+def champion_payload(registry: Registry, folder: Path) -> dict[str, Any]:
+    """The first row of the champion's own input example: a realistic payload. The model is
+    downloaded into `folder`."""
     from mlflow.models import Model
 
-    registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
     champion = registry.by_alias(CHAMPION)
-    assert champion is not None
-    local = registry.download(champion.version, settings.home / "bench" / "model")
+    assert champion is not None, "no @champion to take a payload from"
+    local = registry.download(champion.version, folder)
     frame = Model.load(str(local)).load_input_example(str(local))
     return json.loads(frame.head(1).to_json(orient="records"))[0]
 
@@ -249,7 +254,7 @@ def bench_bare(settings: Settings, instance: dict, seconds: float, port: int) ->
         "--log-level",
         "warning",
     ]
-    # Where `_example_instance` downloaded the champion (MLflow nests it one level down).
+    # Where `champion_payload` downloaded the champion (MLflow nests it one level down).
     (model_file,) = (settings.home / "bench" / "model").rglob("model.skops")
     os.environ["DRIFTLOOP_BENCH_MODEL_DIR"] = str(model_file.parent)
     return _bench_process(
@@ -408,7 +413,8 @@ def run(settings: Settings, quick: bool, json_path: Path, replicas: int = 2) -> 
     """All targets, one after another; writes and returns the result."""
     configure_tracking(settings)
     seconds = 5.0 if quick else 20.0
-    instance = _example_instance(settings)
+    registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
+    instance = champion_payload(registry, settings.home / "bench" / "model")
     ours = bench_ours(settings, instance, seconds, replicas)
     mlflow = bench_mlflow(settings, instance, seconds, settings.serve_port + 1)
     bare = bench_bare(settings, instance, seconds, settings.serve_port + 2)

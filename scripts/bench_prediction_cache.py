@@ -22,7 +22,6 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict
@@ -32,7 +31,7 @@ from typing import Any
 import httpx
 from ray import serve
 
-from bench.serve import Load, _parse_wrk
+from bench.serve import Load, run_wrk
 from driftloop.registry import CHAMPION, Registry
 from driftloop.settings import Settings, load_settings
 from driftloop.simulate import LoanStream, write_batches
@@ -42,8 +41,6 @@ from serving.cache import PredictionCache
 from serving.launch import APP_NAME
 from serving.model import ModelStore
 from serving.schemas import build_request_models
-
-WRK = ("wrk", "-t1", "--latency")
 
 
 def fresh_home(rows: int) -> Settings:
@@ -77,25 +74,14 @@ def workload(requests: int, share: float, hot: list[dict], seed: int, per: int) 
 
 def wrk(url: str, bodies: list[str], concurrency: int, seconds: float) -> Load:
     """One wrk run sending `bodies` in order (one thread: one Lua state, one sequence)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
-        script.write("local bodies = {\n")
-        script.writelines(f"[==[{body}]==],\n" for body in bodies)
-        script.write("}\nlocal i = 0\n")
-        script.write(
-            "request = function()\n  i = i % #bodies + 1\n"
-            "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
-        )
-    try:
-        out = subprocess.run(
-            [*WRK, f"-c{concurrency}", f"-d{round(seconds)}s", "-s", script.name, url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        os.unlink(script.name)
-    return _parse_wrk(out)
+    script = (
+        "local bodies = {\n"
+        + "".join(f"[==[{body}]==],\n" for body in bodies)
+        + "}\nlocal i = 0\n"
+        + "request = function()\n  i = i % #bodies + 1\n"
+        + "  return wrk.format(nil, nil, nil, bodies[i])\nend\n"
+    )
+    return run_wrk(url, script, concurrency, seconds)
 
 
 def in_process(settings: Settings, calls: int = 2000) -> dict[str, Any]:

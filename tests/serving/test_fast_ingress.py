@@ -23,6 +23,7 @@ from serving.fast_ingress import FastPredict
 from serving.security import REQUEST_ID_CHARS
 from tests.serving.conftest import Served
 from tests.serving.test_limits import PREDICT, StandIn
+from tests.serving.test_serving_app import INSTANCE
 
 JSON = {"content-type": "application/json"}
 # A JSON media type FastAPI parses and the fast path leaves to it: FastAPI's own path.
@@ -177,17 +178,6 @@ def test_other_routes_and_the_openapi_schema_are_fastapis(apps) -> None:
     assert ingress(server) == {"fast": 0, "fastapi": 1}  # only GET :predict reached it
 
 
-INSTANCE = {
-    "salary": 52_000.0,
-    "commission": 10_000.0,
-    "age": 41,
-    "elevel": 2,
-    "car": 3,
-    "zipcode": 4,
-    "hvalue": 150_000,
-    "hyears": 12,
-    "loan": 200_000.0,
-}
 SERVE_HEADERS_PER_ANSWER = {"date", "x-request-id"}  # uvicorn's clock, Serve's own id
 
 
