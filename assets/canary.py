@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import numpy as np
+from pydantic import Field
 
 from assets.registry import ALIAS_POOL
 from driftloop.alerts import notify
@@ -30,7 +31,7 @@ from driftloop.metrics import Metric, metric_named
 from driftloop.monitoring import join_feedback, read_log, served_output, usable_rows
 from driftloop.registry import CHALLENGER, CHAMPION, AliasConflict, Registry
 from driftloop.schema import load_schema
-from driftloop.serving_client import ServingAdmin
+from driftloop.serving_client import ServingAdmin, ServingError
 from driftloop.settings import Settings
 from resources.deployment import DriftloopResource
 
@@ -123,9 +124,27 @@ def evidence_metric(primary: Metric, probabilities_logged: bool) -> Metric:
     return primary if probabilities_logged else metric_named("accuracy")
 
 
-@dg.asset(group_name=GROUP, kinds={"mlflow", "scipy"}, code_version="3", pool=ALIAS_POOL)
+class CanaryStepConfig(dg.Config):
+    """Which canary work this run does. The training job sets `start_only`: its gate's new
+    `@challenger` takes its first share in the same run instead of waiting for a canary
+    run to be launched (on two cores that launch alone took 15-20 s)."""
+
+    start_only: bool = Field(
+        default=False,
+        description="Only start a @challenger that has no traffic yet, and only when serving "
+        "answers; leave every step and every later start to the canary job.",
+    )
+
+
+@dg.asset(
+    deps=["promotion_gate"],
+    group_name=GROUP,
+    kinds={"mlflow", "scipy"},
+    code_version="3",
+    pool=ALIAS_POOL,
+)
 def canary_decision(
-    context: dg.AssetExecutionContext, driftloop: DriftloopResource
+    context: dg.AssetExecutionContext, config: CanaryStepConfig, driftloop: DriftloopResource
 ) -> dg.MaterializeResult:
     """One canary step: start, wait, advance the challenger's traffic share, promote it
     after the last step, or roll it back (weight 0, `@challenger` removed, reason kept),
@@ -143,10 +162,31 @@ def canary_decision(
     admin = ServingAdmin(settings)
     policy = policy_of(settings)
     weight = float(challenger.tags.get(TAG_WEIGHT, 0.0))
-    if weight == 0.0:
-        return _move(
-            context, registry, admin, challenger.version, policy.steps[0], "start", "canary started"
+    if config.start_only and (weight > 0.0 or settings.promotion_policy != "canary"):
+        return dg.MaterializeResult(
+            metadata={"verdict": "idle", "reason": "no new canary to start here"}
         )
+    if weight == 0.0:
+        try:
+            return _move(
+                context,
+                registry,
+                admin,
+                challenger.version,
+                policy.steps[0],
+                "start",
+                "canary started",
+            )
+        except ServingError as error:
+            if not config.start_only:
+                raise
+            context.log.warning(f"canary of v{challenger.version} not started: {error}")
+            return dg.MaterializeResult(
+                metadata={
+                    "verdict": "idle",
+                    "reason": "serving unreachable: the canary job starts it",
+                }
+            )
 
     # The sequential interval (also the bandit's) holds however much evidence accumulates,
     # so it judges everything since the canary started (a step only limits exposure);

@@ -24,10 +24,17 @@ ingest_job = dg.define_asset_job(
     executor_def=EXECUTOR,
 )
 
+# A training run ends by starting its new @challenger's canary (`CanaryStepConfig`); run
+# configs that launch it (`pipelines.launch.run_training`) must keep this part.
+TRAINING_RUN_CONFIG = {"ops": {"canary_decision": {"config": {"start_only": True}}}}
+
 training_job = dg.define_asset_job(
     "training",
-    selection=dg.AssetSelection.groups(training.GROUP, registry.GROUP),
-    description="Version the dataset, search hyper-parameters, register a @candidate, gate it.",
+    selection=dg.AssetSelection.groups(training.GROUP, registry.GROUP)
+    | dg.AssetSelection.assets(canary.canary_decision),
+    description="Version the dataset, search hyper-parameters, register a @candidate, gate "
+    "it, and start the canary of a new @challenger.",
+    config=TRAINING_RUN_CONFIG,
     tags={"driftloop/kind": "training"},
     executor_def=EXECUTOR,
 )

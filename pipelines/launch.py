@@ -166,12 +166,16 @@ def run_training(
     """One training run; `trials` goes in as the search's run config (`SearchConfig`), as
     a launchpad edit would, so the run records the budget it was given."""
     from pipelines.definitions import build_definitions
+    from pipelines.jobs import TRAINING_RUN_CONFIG
 
     job = build_definitions(settings).resolve_job_def("training")
     search = {} if trials is None else {"trials": trials}
     return job.execute_in_process(
         instance=instance,
         tags={TRIGGER_TAG: trigger},
-        run_config={**QUIET, "ops": {"hpo_study": {"config": search}}},
+        run_config={
+            **QUIET,
+            "ops": {**TRAINING_RUN_CONFIG["ops"], "hpo_study": {"config": search}},
+        },
         raise_on_error=False,
     )

@@ -22,7 +22,7 @@ def test_asset_graph_snapshot() -> None:
         "promotion_gate": ("registry", ["candidate_model", "hpo_study", "training_dataset"]),
         "feature_drift_report": ("monitoring", ["training_dataset"]),
         "live_model_quality": ("monitoring", []),
-        "canary_decision": ("canary", []),
+        "canary_decision": ("canary", ["promotion_gate"]),
         "serving_admin_audit": ("serving", []),  # external: observed by audit_sensor
     }
     checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}

@@ -151,17 +151,20 @@ def test_drift_retrains_and_the_canaried_challenger_takes_over(loop: Loop) -> No
         assert registry.version("2").tags[TAG_TRIGGER].startswith("drift: feature drift")
         assert registry.by_alias(CHALLENGER).version == "2"
         assert registry.by_alias(CHAMPION).version == "1"  # the canary decides, not the gate
+        # the training run itself gave the new challenger its first share of traffic
+        started = trained.asset_materializations_for_node("canary_decision")[0].metadata
+        assert started["verdict"].value == "start" and started["weight"].value > 0
 
         verdicts = []
         for _ in range(4):
+            send(loop, LoanStream(seed=30 + len(verdicts), plan=DRIFTED), 200)
             (step,) = tick(defs, "canary_sensor", instance, settings).run_requests
             decided = run(defs, "canary", instance, step)
             metadata = decided.asset_materializations_for_node("canary_decision")[0].metadata
             verdicts.append(metadata["verdict"].value)
             if verdicts[-1] in ("promote", "rollback"):
                 break
-            send(loop, LoanStream(seed=30 + len(verdicts), plan=DRIFTED), 200)
-        assert verdicts[0] == "start" and verdicts[-1] == "promote", verdicts
+        assert "start" not in verdicts and verdicts[-1] == "promote", verdicts
         assert registry.by_alias(CHAMPION).version == "2"
         assert "no @challenger" in tick(defs, "canary_sensor", instance, settings).skip_message
 

@@ -24,6 +24,7 @@ from driftloop.registry import (
 )
 from driftloop.settings import Settings
 from driftloop.training import TRUSTED_TYPES
+from serving.launch import free_port
 from tests.conftest import land, train
 from tests.integration.test_aliases import Watcher
 
@@ -193,12 +194,21 @@ def test_canary_policy_hands_over_queues_behind_a_running_canary_and_withdraws_f
     registry = registry_of(home)
 
     monkeypatch.setenv("DRIFTLOOP_PROMOTION_MARGIN", "-1")  # any challenger passes offline
+    monkeypatch.setenv("DRIFTLOOP_SLICE_MARGIN", "1")  # on every slice too (slices: elsewhere)
+    monkeypatch.setenv("DRIFTLOOP_SERVING_URL", f"http://127.0.0.1:{free_port()}")  # no one
     land(home, rows=1500, batch_rows=1500, seed=2)
-    passing = train(home).output_for_node("promotion_gate")
+    trained = train(home)
+    assert trained.success
+    passing = trained.output_for_node("promotion_gate")
     assert passing.promote and not passing.applied
     assert passing.action == "handed to the canary analysis"
     assert registry.by_alias(CHALLENGER).version == "2"
     assert registry.by_alias(CHAMPION).version == "1"
+    # No serving answers: the run succeeds and leaves the canary's start to the canary job.
+    started = trained.asset_materializations_for_node("canary_decision")[0].metadata
+    assert started["verdict"].value == "idle", started
+    assert "serving unreachable" in started["reason"].value
+    assert TAG_WEIGHT not in registry.by_alias(CHALLENGER).tags
 
     # v2's canary now runs at 50 %: retrains that follow must never take its @challenger.
     registry.set_tags("2", {TAG_WEIGHT: 0.5})
