@@ -298,13 +298,17 @@ LABEL_COLUMNS = ("request_id", "id", "at", "label")
 class StreamState:
     """What the incremental step keeps between ticks, all of it JSON: the cursor into the
     feedback log, feedback still waiting for its prediction, the champion the detectors
-    watch (its holdout MAE for a regressor) and their tail, and running counts."""
+    watch (its holdout MAE for a regressor) and their tail, and running counts.
+
+    `change_at` is the newest change the detectors located in this champion's errors
+    (epoch seconds): the other monitors' retrains start there too (`training_start`)."""
 
     cursor: LogCursor = field(default_factory=LogCursor)
     detectors: ErrorDetectors = field(default_factory=ErrorDetectors)
     waiting: list[dict[str, Any]] = field(default_factory=list)
     champion: str | None = None
     typical_error: float | None = None
+    change_at: float | None = None
     alarms: int = 0
     labelled: int = 0
     unmatched: int = 0
@@ -318,6 +322,7 @@ class StreamState:
             "waiting": self.waiting,
             "champion": self.champion,
             "typical_error": self.typical_error,
+            "change_at": self.change_at,
             "alarms": self.alarms,
             "labelled": self.labelled,
             "unmatched": self.unmatched,
@@ -334,6 +339,7 @@ class StreamState:
             waiting=list(value["waiting"]),
             champion=value["champion"],
             typical_error=value["typical_error"],
+            change_at=value.get("change_at"),  # absent from states saved before it was kept
             alarms=int(value["alarms"]),
             labelled=int(value["labelled"]),
             unmatched=int(value["unmatched"]),
@@ -382,7 +388,7 @@ def advance(
     """
     if state.champion != champion:
         state.detectors.reset()
-        state.champion, state.typical_error = champion, holdout_mae
+        state.champion, state.typical_error, state.change_at = champion, holdout_mae, None
     new = read_new(feedback_log, state.cursor, now - lookback_s)
     state.skipped_files += len(new.skipped)
     parts = []
@@ -425,6 +431,8 @@ def advance(
     alarms = state.detectors.update_many(at, errors)
     state.labelled += len(rows)
     state.alarms += len(alarms)
+    if alarms:
+        state.change_at = max(state.change_at or 0.0, *(alarm.change_at for alarm in alarms))
     return Step(len(rows), tuple(alarms), skipped, unmatched, len(keep))
 
 
@@ -462,6 +470,16 @@ def save_state(folder: Folder, step: int, state: StreamState) -> None:
         number = old.name.removeprefix("state-").removesuffix(".json")
         if number.isdigit() and int(number) <= step - STATES_KEPT:
             folder.delete(old.name)
+
+
+def newest_state(folder: Folder) -> StreamState:
+    """The last state saved, for readers other than the sensor that owns the cursor."""
+    steps = [
+        int(number)
+        for old in folder.files((".json",))
+        if (number := old.name.removeprefix("state-").removesuffix(".json")).isdigit()
+    ]
+    return load_state(folder, max(steps, default=0))
 
 
 def load_state(folder: Folder, step: int, config: DetectorConfig | None = None) -> StreamState:

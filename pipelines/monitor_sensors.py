@@ -16,7 +16,14 @@ from driftloop.registry import CANDIDATE, CHALLENGER, CHAMPION, TAG_QUEUED
 from driftloop.schema import load_schema
 from driftloop.settings import Settings
 from driftloop.storage import Folder
-from driftloop.streaming import Alarm, advance, has_new_feedback, load_state, save_state
+from driftloop.streaming import (
+    Alarm,
+    advance,
+    has_new_feedback,
+    load_state,
+    newest_state,
+    save_state,
+)
 from pipelines.jobs import canary_job, monitoring_job, training_job
 from resources.deployment import (
     TRAIN_SINCE_TAG,
@@ -88,6 +95,16 @@ def _why_not_now(
                 f"{landed} of {settings.retrain_min_rows}"
             )
     return None
+
+
+def training_start(settings: Settings, since: float) -> float:
+    """Where a drift or quality retrain's rows begin: at `since`, or at the change the
+    error-stream detectors located after it. Covariate shift often comes just before or
+    with a concept change, and rows of the old concept teach the retrain the old world
+    (measured in the quick demo: a drift retrain from the last calm verdict took 5 s of
+    them and recovered to 0.860 against the oracle's 0.919)."""
+    located = newest_state(error_stream_folder(settings)).change_at
+    return max(since, located) if located is not None else since
 
 
 def _retrain_request(
@@ -165,6 +182,7 @@ def drift_sensor(settings: Settings) -> dg.SensorDefinition:
         # verdict, somewhere in the window this one judged.
         calm = last_calm_verdict(context.instance, asset_event.timestamp, settings)
         since = calm if calm is not None else asset_event.timestamp - settings.monitor_window_s
+        since = training_start(settings, since)
         blocked = _why_not_now(last_monitor_retrain(context.instance), settings, reason, since)
         if blocked is not None:  # drift persists: the next verdict asks again
             return dg.SensorResult(skip_reason=blocked[1])
@@ -212,13 +230,16 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
                 skip_reason="no quality drop beyond the threshold", cursor=json.dumps(cursor)
             )
         last = last_monitor_retrain(context.instance)
-        blocked = _why_not_now(last, settings, pending["reason"], pending["since"])
+        since = pending["since"]
+        if since is not None:
+            since = training_start(settings, since)
+        blocked = _why_not_now(last, settings, pending["reason"], since)
         if blocked is not None:
             if blocked[0] == "cooldown" and last is not None and last >= pending["noticed"]:
                 del cursor["pending"]  # a monitor retrain started since: it answered this drop
             return dg.SensorResult(skip_reason=blocked[1], cursor=json.dumps(cursor))
         del cursor["pending"]
-        request = _retrain_request("quality", pending["reason"], pending["key"], pending["since"])
+        request = _retrain_request("quality", pending["reason"], pending["key"], since)
         return dg.SensorResult(run_requests=[request], cursor=json.dumps(cursor))
 
     def _quality_drop(record: dg.EventLogRecord) -> dict[str, Any] | None:

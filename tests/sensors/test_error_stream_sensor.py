@@ -17,6 +17,7 @@ from pipelines.monitor_sensors import (
     DETECTED_AFTER_TAG,
     DETECTOR_TAG,
     error_stream_sensor,
+    training_start,
 )
 from resources.deployment import TRAIN_SINCE_TAG, TRIGGER_TAG, DriftloopResource
 from serving.prediction_log import FEEDBACK_SCHEMA, ParquetLog, prediction_schema
@@ -116,6 +117,10 @@ def test_served_feedback_across_a_change_requests_a_retrain_from_the_change(
     # the estimated change within 100 served predictions of the real one
     assert abs(change_at - onset.timestamp()) <= 100 * STEP
     assert "error stream:" in request.tags["driftloop/trigger_reason"]
+    # The drift and quality monitors' retrains start no earlier than this located change.
+    calm_verdict = start.timestamp()
+    assert training_start(stream_home, calm_verdict) == pytest.approx(change_at, abs=1e-3)
+    assert training_start(stream_home, change_at + 5) == change_at + 5
 
 
 def test_calm_feedback_requests_nothing(stream_home: Settings) -> None:
