@@ -126,16 +126,19 @@ def _wrk(url: str, body: dict, concurrency: int, seconds: float) -> Load:
     return run_wrk(url, body_lua, concurrency, seconds)
 
 
-def run_wrk(url: str, script: str, concurrency: int, seconds: float) -> Load:
+def run_wrk(
+    url: str, script: str, concurrency: int, seconds: float, core: str | None = None
+) -> Load:
     """One wrk run (one thread: a second would take CPU from the server) of a Lua `script`
-    that picks the bodies; every request is a JSON POST."""
+    that picks the bodies; every request is a JSON POST. `core`: wrk pinned there."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         lua.write(script)
     try:
         duration = f"-d{max(1, round(seconds))}s"
+        pinned = ["taskset", "-c", core] if core is not None else []
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s", lua.name, url],
+            [*pinned, "wrk", "-t1", f"-c{concurrency}", duration, "--latency", "-s", lua.name, url],
             capture_output=True,
             text=True,
             check=True,

@@ -14,13 +14,13 @@ import argparse
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from bench.serve import Load, _example_instance, _parse_wrk
+from bench.serve import Load, champion_payload, run_wrk
+from driftloop.registry import Registry
 from driftloop.settings import load_settings
 from serving import launch
 from serving.app import ServeArgs
@@ -30,19 +30,8 @@ REPLICA_CORE, CLIENT_CORE = "0", "1"
 
 def wrk(url: str, body: dict[str, Any], concurrency: int, seconds: float) -> Load:
     """One wrk run on the client core (one thread: a second would share that core)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = [==[{json.dumps(body)}]==]\n"
-        )
-    command = ["taskset", "-c", CLIENT_CORE, "wrk", "-t1", f"-c{concurrency}"]
-    command += [f"-d{seconds:.0f}s", "--latency", "-s", script.name, url]
-    try:
-        return _parse_wrk(
-            subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        )
-    finally:
-        os.unlink(script.name)
+    script = f"wrk.body = [==[{json.dumps(body)}]==]\n"
+    return run_wrk(url, script, concurrency, seconds, core=CLIENT_CORE)
 
 
 def replica_of(home: str) -> psutil.Process:
@@ -83,7 +72,8 @@ def main() -> None:
     os.environ["DRIFTLOOP_HOME"] = home
     os.environ["DRIFTLOOP_SERVE_PORT"] = str(launch.free_port())
     settings = load_settings()
-    body = {"instances": [_example_instance(settings)]}
+    registry = Registry(settings.mlflow_tracking_uri, settings.model_name)
+    body = {"instances": [champion_payload(registry, settings.home / "bench" / "model")]}
     url = launch.start(settings, ServeArgs(home=home, num_replicas=1), num_cpus=2)
     rows = []
     try:
