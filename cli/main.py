@@ -621,14 +621,15 @@ def _print_urls(settings: Settings, wanted: dict[str, Service], serve_waiting: b
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """The closed loop (cli/demo.py) in a fresh home under `<home>/demo/`."""
+    """The closed loop (cli/demo/) in a fresh home under `<home>/demo/`."""
     if args.classic:
         if args.task != "classification":
             raise UserError("--classic simulates loan approvals only: drop --task regression")
         return cmd_demo_classic(settings, args)
     from dataclasses import replace
 
-    from cli.demo import FULL, QUICK, STATIONARY, run_demo
+    from cli.demo.plan import FULL, QUICK, STATIONARY
+    from cli.demo.run import run_demo
 
     plan = replace(QUICK if args.quick else FULL, task=args.task)
     if args.stationary:

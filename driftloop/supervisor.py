@@ -401,3 +401,13 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return True
     return False
+
+
+def preferred_port(port: int, host: str = "127.0.0.1") -> int:
+    """`port` when a server could listen on it now, else any free one: the demo runs
+    beside a UI that may already hold the usual port."""
+    if not port_in_use(port, host):
+        return port
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

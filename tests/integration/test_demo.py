@@ -7,6 +7,7 @@ what the demo computes from the traffic it sees, for both tasks, without servers
 """
 
 import functools
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,34 +17,35 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli.demo import (
-    QUICK,
-    STATIONARY,
-    LoopState,
-    Quality,
-    Served,
-    _Estimator,
-    _plot,
-    _summarise,
+from cli.demo.observer import (
     alarm_from_log,
     alarm_from_tags,
     canary_event,
-    canary_outcomes,
     canary_record,
-    child_env,
     metadata_values,
+)
+from cli.demo.plan import QUICK, STATIONARY
+from cli.demo.report import (
+    Estimator,
+    canary_outcomes,
+    plot_metric,
+    summarise,
     summarise_stationary,
 )
+from cli.demo.run import child_env
+from cli.demo.state import LoopState, Quality, Served
 from driftloop.estimation import confidence_calibration
 from driftloop.schema import infer_schema
 from driftloop.settings import Settings
 from driftloop.simulate import DriftPlan, LoanStream, stream_for
+from driftloop.supervisor import preferred_port
 from driftloop.training import DEFAULT_TRIALS, make_model
 
 
 def test_the_demo_module_imports_neither_dagster_nor_ray() -> None:
-    """The demo watches the system from outside; importing it must not start either stack."""
-    probe = "import sys, cli.demo; print(sorted({'dagster', 'ray'} & set(sys.modules)))"
+    """The demo watches the system from outside; importing it must not start either stack
+    (`run` imports every other module of the package)."""
+    probe = "import sys, cli.demo.run; print(sorted({'dagster', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -59,6 +61,18 @@ def test_children_judge_the_regression_demo_in_rmse_and_the_classic_one_in_accur
     classification = child_env(tmp_path, QUICK, PORTS, "k" * 32)
     assert "DRIFTLOOP_TASK" not in classification  # inferred from the 0/1 loan labels
     assert classification["DRIFTLOOP_METRIC"] == "accuracy"
+
+
+def test_the_demo_takes_the_usual_port_when_free_and_another_while_a_server_holds_it() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        held = server.getsockname()[1]
+        other = preferred_port(held)
+        assert other != held
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", other))  # nothing listens there
+    assert preferred_port(held) == held
 
 
 def test_rmse_and_accuracy_of_served_requests() -> None:
@@ -87,7 +101,7 @@ def _regression_traffic() -> LoopState:
 
 def test_a_regression_summary_reports_rmse_with_the_worst_as_max_during(tmp_path: Path) -> None:
     state = _regression_traffic()
-    summary = _summarise(
+    summary = summarise(
         QUICK, Settings(home=tmp_path), state, None, 20.0, 400, 20.0, serving_at=40.0
     )
     assert "accuracy" not in summary
@@ -98,7 +112,7 @@ def test_a_regression_summary_reports_rmse_with_the_worst_as_max_during(tmp_path
         "static_after": None,
         "oracle_after": None,
     }
-    _plot(state, tmp_path / "rmse.png")
+    plot_metric(state, tmp_path / "rmse.png")
     assert (tmp_path / "rmse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -125,7 +139,7 @@ def _loan_answers() -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
     return rows, probabilities, model.classes_, calibration
 
 
-def _classification_traffic() -> tuple[LoopState, _Estimator]:
+def _classification_traffic() -> tuple[LoopState, Estimator]:
     """60 s of loans at 25 per second, answered by the loop's default pipeline (calibrated
     as registration calibrates it): calm until 20 s, covariate shift from 20 s, concept
     drift from 40 s; a drift retrain asked for in the calm phase and a quality one after."""
@@ -139,14 +153,14 @@ def _classification_traffic() -> tuple[LoopState, _Estimator]:
         {"run_id": "a", "trigger": "drift", "reason": "calm noise", "t": 5.0},
         {"run_id": "b", "trigger": "quality", "reason": "adwin at 120", "t": 45.0},
     ]
-    return state, _Estimator({"1": calibration}.get)
+    return state, Estimator({"1": calibration}.get)
 
 
 def test_a_classification_summary_sets_the_estimate_beside_the_realized_accuracy(
     tmp_path: Path,
 ) -> None:
     state, estimator = _classification_traffic()
-    summary = _summarise(
+    summary = summarise(
         QUICK, Settings(home=tmp_path), state, None, 20.0, 500, 40.0, None, estimator
     )
     phases = summary["estimated_accuracy"]
@@ -158,7 +172,7 @@ def test_a_classification_summary_sets_the_estimate_beside_the_realized_accuracy
     assert summary["false_alarms"]["total"] == 1  # the calm drift retrain
     assert summary["detected_by"]["trigger"] == "quality"  # no detector fired: the monitor
     assert summary["detected_by"]["reason"] == "adwin at 120"
-    _plot(state, tmp_path / "accuracy.png", estimator)
+    plot_metric(state, tmp_path / "accuracy.png", estimator)
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -207,7 +221,7 @@ def _alarm(t: float, change_t: float, delay: int = 28) -> dict:
 def test_the_first_detector_alarm_after_onset_is_what_detected_the_drift(tmp_path: Path) -> None:
     state, _ = _classification_traffic()
     state.alarms = [_alarm(10.0, 8.0, 400), _alarm(46.0, 40.2)]
-    summary = _summarise(QUICK, Settings(home=tmp_path), state, None, 20.0, 500, 40.0, None)
+    summary = summarise(QUICK, Settings(home=tmp_path), state, None, 20.0, 500, 40.0, None)
     by = summary["detected_by"]
     assert (by["source"], by["detector"], by["labelled_samples"]) == (
         "error_stream_sensor",
@@ -269,7 +283,7 @@ def test_canary_decisions_give_each_canary_its_samples_to_decision(tmp_path: Pat
     assert (outcomes["3"]["verdict"], outcomes["3"]["challenger_n"]) == ("promote", 45)
     line = canary_event(state.canary[1])
     assert "v2: rollback (weight 25%), n 60 vs 180, gain -0.700 in [-0.900, -0.500]" in line
-    _plot(state, tmp_path / "canary.png")
+    plot_metric(state, tmp_path / "canary.png")
     assert (tmp_path / "canary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
