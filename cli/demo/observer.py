@@ -307,7 +307,9 @@ class Watcher(threading.Thread):
                 state.record(f"v{state.challenger} no longer @challenger", state.challenger)
             state.challenger = challenger
         if weight != state.weight:
-            state.record(f"canary weight {state.weight:.0%} -> {weight:.0%} (v{who})", who)
+            # The share can move before serving has loaded the challenger it is for.
+            named = f"v{who}" if who else "challenger not loaded yet"
+            state.record(f"canary weight {state.weight:.0%} -> {weight:.0%} ({named})", who)
             if weight == 0.0 and who:
                 self.weight_zero_at.setdefault(who, state.now())
             state.weight = weight
