@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,6 +41,11 @@ AWS_ENV = {
 # Only what the in-process tests can run: runs are executed in-process, so the container
 # run launcher (dagster-docker, not installed here) is never asked to launch anything.
 NOT_LOADED_HERE = ("run_launcher",)
+# Dagster's S3 compute-log manager leaves one `upload-watch` thread per captured run that
+# wakes every `upload_interval` s and may ask S3 whether the logs are complete; at the
+# deployment's 30 s such a thread outlives the test module and fails on the stopped
+# endpoint. Tests poll every second and wait for those threads before stopping S3.
+TEST_UPLOAD_INTERVAL_S = 1
 
 
 def _pg_bin(name: str) -> str:
@@ -152,7 +158,15 @@ def s3_server() -> Iterator[str]:
         s3_client(endpoint).create_bucket(Bucket=BUCKET)
         yield endpoint
     finally:
+        _await_log_uploads(timeout_s=10 * TEST_UPLOAD_INTERVAL_S)
         server.stop()
+
+
+def _await_log_uploads(timeout_s: float) -> None:
+    """Let compute-log upload threads see their capture complete while S3 still answers."""
+    for thread in threading.enumerate():
+        if thread.name == "upload-watch":
+            thread.join(timeout_s)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -295,6 +309,7 @@ def write_instance_yaml(dagster_home: Path) -> Path:
     config = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
     for key in NOT_LOADED_HERE:
         config.pop(key)
+    config["compute_logs"]["config"]["upload_interval"] = TEST_UPLOAD_INTERVAL_S
     dagster_home.mkdir(parents=True, exist_ok=True)
     target = dagster_home / "dagster.yaml"
     target.write_text(yaml.safe_dump(config, sort_keys=False))
