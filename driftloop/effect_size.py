@@ -74,7 +74,11 @@ def effect_sizes(
     categorical: Sequence[str],
     seed: int,
 ) -> EffectSizes:
-    """Each feature's effect and its bound from the reference's own calm windows."""
+    """Each feature's effect and its bound from the reference's own calm windows.
+
+    The same numbers as `effect` on each pair of windows, from each column's values taken
+    out of pandas once (numbers as floats, levels as codes in one table): 20 draws of 9
+    features through pandas' `iloc` and `dropna` were ~0.4 s of a drift run (measured)."""
     rng = np.random.default_rng(seed)
     size = max(1, min(len(current), len(reference) // 2))
     scale = math.sqrt(size / len(current)) if len(current) else 1.0
@@ -82,15 +86,38 @@ def effect_sizes(
     effects, bounds = {}, {}
     for column, numeric in [*((c, True) for c in numerical), *((c, False) for c in categorical)]:
         effects[column] = effect(reference[column], current[column], numeric)
-        calm = [_calm_effect(reference[column], rows, size, numeric) for rows in draws]
+        values = _column_values(reference[column], numeric)
+        calm = [_calm_effect(values, rows, size, numeric) for rows in draws]
         finite = [value for value in calm if math.isfinite(value)]
         bounds[column] = MARGIN * scale * max(finite) if finite else math.inf
     return EffectSizes(effects, bounds)
 
 
-def _calm_effect(reference: pd.Series, rows: np.ndarray, size: int, numeric: bool) -> float:
-    """The effect between two disjoint random windows of the reference."""
-    return effect(reference.iloc[rows[:size]], reference.iloc[rows[size:]], numeric)
+def _column_values(column: pd.Series, numeric: bool) -> np.ndarray:
+    """A reference column as `effect` reads it: floats (NaN missing), or each level's code
+    (-1 missing) by its text, the `str` that `effect` compares levels by."""
+    if numeric:
+        return column.to_numpy(dtype=float)
+    present = column.notna().to_numpy()
+    codes = np.full(len(column), -1)
+    codes[present] = pd.factorize(column[present].astype(str))[0]
+    return codes
+
+
+def _calm_effect(values: np.ndarray, rows: np.ndarray, size: int, numeric: bool) -> float:
+    """`effect` between two disjoint random windows of the reference (`_column_values`)."""
+    first, second = values[rows[:size]], values[rows[size:]]
+    if numeric:
+        first, second = first[~np.isnan(first)], second[~np.isnan(second)]
+    else:
+        first, second = first[first >= 0], second[second >= 0]
+    if len(first) == 0 or len(second) == 0:
+        return math.nan
+    if numeric:
+        return _normed_wasserstein(first, second)
+    # numbered by first appearance in the pair, as `effect` numbers the levels it reads
+    codes, levels = pd.factorize(np.concatenate([first, second]))
+    return _jensen_shannon(codes[: len(first)], codes[len(first) :], len(levels))
 
 
 def gated(result: DriftResult, sizes: EffectSizes) -> DriftResult:

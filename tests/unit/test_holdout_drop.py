@@ -70,3 +70,21 @@ def test_the_textbook_error_of_accuracy_and_too_few_rows(served) -> None:
     p = found.live
     assert found.bound == pytest.approx(2 * np.sqrt(p * (1 - p) / len(rows)), rel=1e-3)
     assert holdout_drop(rows.head(50), metric_named("accuracy"), CLASSES, 0.9, 1000, 0) is None
+
+
+def test_the_bootstrap_auc_from_ranks_is_scikit_learns() -> None:
+    """Binary ROC AUC of every resample at once (ranks) against `roc_auc_score` on each,
+    with tied scores and a resample of one class (left out by both)."""
+    from driftloop.monitoring import _resampled_scores
+
+    rng = np.random.default_rng(3)
+    truth = (rng.random(300) < 0.3).astype(int)
+    top = np.round(np.clip(0.3 + 0.4 * truth + rng.normal(0, 0.25, 300), 0, 1), 2)  # ties
+    output = np.column_stack([1 - top, top])
+    one_class = rng.choice(np.flatnonzero(truth), 200)
+    picks = np.stack([*(rng.integers(0, 300, 200) for _ in range(40)), one_class])
+    metric = metric_named("roc_auc")
+    fast = _resampled_scores(metric, truth, output, 2, picks)
+    slow = [metric.scorer(truth[p], output[p], 2) for p in picks if len(set(truth[p])) == 2]
+    assert len(fast) == len(slow) == 40
+    assert fast == pytest.approx(slow, rel=1e-12, abs=1e-12)

@@ -246,3 +246,36 @@ def test_the_drift_sample_is_seeded_bounded_and_keeps_the_verdict() -> None:
     whole = feature_drift(reference, shifted, numerical, categorical)
     sampled = feature_drift(reference, sample, numerical, categorical)
     assert whole.drifted_columns == sampled.drifted_columns == ["salary", "age"]
+
+
+def _river_changes(errors: np.ndarray, rising_only: bool) -> tuple[int | None, int | None]:
+    """The detectors as river runs them, sample by sample: what `error_changes` must find."""
+    from river import drift
+
+    adwin, hinkley = drift.ADWIN(), drift.PageHinkley(mode="up" if rising_only else "both")
+    first: list[int | None] = [None, None]
+    for index, value in enumerate(errors.astype(float)):
+        before = adwin.estimation
+        adwin.update(value)
+        hinkley.update(value)
+        rose = not rising_only or adwin.estimation > before
+        if adwin.drift_detected and rose and first[0] is None:
+            first[0] = index
+        if hinkley.drift_detected and first[1] is None:
+            first[1] = index
+    return first[0], first[1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_error_changes_match_river(seed: int) -> None:
+    """0/1 errors and scaled regression errors, falling before rising (ADWIN's first cut is
+    then not a rise), calm or not: the same first samples as river's own detectors."""
+    rng = np.random.default_rng(seed)
+    rates = rng.permutation([0.05, 0.3, 0.1, 0.5])[: 2 + seed % 3]
+    wrong = np.concatenate([rng.random(1500) < rate for rate in rates]).astype(int)
+    scaled = np.clip(np.abs(rng.normal(0, np.repeat(rates, 1500), len(rates) * 1500)), 0, 1)
+    for errors in (wrong, scaled, (rng.random(3000) < 0.1).astype(int)):
+        for rising_only in (True, False):
+            found = error_changes(errors, rising_only)
+            assert (found.adwin, found.page_hinkley) == _river_changes(errors, rising_only)
+            assert found.samples == len(errors)
