@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     schedule_timezone: str = "UTC"
     landing_sensor_interval_s: int = Field(default=30, ge=1)
     canary_sensor_interval_s: int = Field(default=15, ge=1)
+    monitor_sensor_interval_s: int = Field(
+        default=15, ge=1, description="How often the quality and error-stream sensors look."
+    )
 
     dagster_port: int = 3000
     mlflow_port: int = 5000

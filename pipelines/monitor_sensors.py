@@ -203,7 +203,7 @@ def quality_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="quality_sensor",
         job=training_job,
-        minimum_interval_seconds=15,
+        minimum_interval_seconds=settings.monitor_sensor_interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Retrains when the champion's live quality drops at a detected change.",
     )
@@ -371,7 +371,7 @@ def error_stream_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="error_stream_sensor",
         job=training_job,
-        minimum_interval_seconds=15,
+        minimum_interval_seconds=settings.monitor_sensor_interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Feeds each new labelled outcome to ADWIN, Page-Hinkley and CUSUM on the "
         "champion's errors; retrains from the change time when one fires.",

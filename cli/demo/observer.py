@@ -85,7 +85,7 @@ query DetectorTicks($after: Float) {
   }
 }
 """
-TICK_LOOKBACK_S = 180.0  # ticks come every 15 s: a few missed polls lose none
+TICK_LOOKBACK_S = 180.0  # ticks come every 5-15 s: a few missed polls lose none
 FINAL_TICKS = ("SKIPPED", "SUCCESS", "FAILURE")
 ALARM_LOG = "error-stream alarm: "
 # pipelines/monitor_sensors.py's names for an alarm on its pending entry and retrain tags.

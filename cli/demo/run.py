@@ -70,6 +70,7 @@ def child_env(home: Path, plan: DemoPlan, ports: dict[str, int], admin_key: str)
             "DRIFTLOOP_CANARY_MAX_P99_MS": "60000",
             "DRIFTLOOP_LANDING_SENSOR_INTERVAL_S": "5",
             "DRIFTLOOP_CANARY_SENSOR_INTERVAL_S": "5",
+            "DRIFTLOOP_MONITOR_SENSOR_INTERVAL_S": "5",
             "DRIFTLOOP_ADMIN_API_KEY": admin_key,
             "DRIFTLOOP_SERVE_PORT": str(ports["serve"]),
             "DRIFTLOOP_SERVING_URL": f"http://127.0.0.1:{ports['serve']}",

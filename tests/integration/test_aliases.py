@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -175,18 +176,43 @@ def test_canary_end_removes_only_the_challenger_it_judged(canary_at_half: Regist
     assert holders(registry) == {CHAMPION: "1", CHALLENGER: "4"}
 
 
+@pytest.fixture
+def routed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
+    """An HTTP endpoint on 127.0.0.1 answering `POST /admin/routing` as serving's admin API
+    does (401 without the key), configured as the home's serving; yields each accepted
+    body. The canary job's real client calls it, without a Ray Serve app to start."""
+    key, bodies = "k" * 32, []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            allowed = self.path == "/admin/routing" and self.headers.get("X-API-Key") == key
+            if allowed:
+                bodies.append(body)
+            answer = json.dumps(body if allowed else {"detail": "admin key required"}).encode()
+            self.send_response(200 if allowed else 401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *_: object) -> None:  # quiet test output
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("DRIFTLOOP_SERVING_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("DRIFTLOOP_ADMIN_API_KEY", key)
+    try:
+        yield bodies
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_canary_asset_starts_a_queued_candidate_once_no_canary_runs(
-    home: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    home: Settings, routed: list[dict], tmp_path: Path
 ) -> None:
-    routed: list[float] = []
-
-    class Admin:
-        def __init__(self, _: Settings) -> None: ...
-
-        def set_routing(self, canary_weight: float) -> None:
-            routed.append(canary_weight)
-
-    monkeypatch.setattr("assets.canary.ServingAdmin", Admin)
     registry = registered(home.mlflow_tracking_uri, home.model_name, tmp_path)
     registry.set_alias(CHAMPION, "1")
     registry.set_alias(CHALLENGER, "2")
@@ -199,7 +225,7 @@ def test_canary_asset_starts_a_queued_candidate_once_no_canary_runs(
     metadata = result.asset_materializations_for_node("canary_decision")[0].metadata
     assert metadata["verdict"].value == "start" and metadata["challenger_version"].value == "3"
     assert holders(registry) == {CHAMPION: "2", PREVIOUS: "1", CHALLENGER: "3"}
-    assert routed == [0.05]
+    assert routed == [{"canary_weight": 0.05}]  # with the admin key: else a 401 fails the run
 
 
 def test_retried_rollback_is_a_no_op(registry: Registry) -> None:
