@@ -466,20 +466,22 @@ def save_state(folder: Folder, step: int, state: StreamState) -> None:
     after writing (its cursor never committed) is redone from the state before it.
     """
     folder.write_bytes(STATE_FILE.format(step=step), json.dumps(state.to_json()).encode())
-    for old in folder.files((".json",)):
-        number = old.name.removeprefix("state-").removesuffix(".json")
-        if number.isdigit() and int(number) <= step - STATES_KEPT:
-            folder.delete(old.name)
+    for old in _saved_steps(folder):
+        if old <= step - STATES_KEPT:
+            folder.delete(STATE_FILE.format(step=old))
 
 
 def newest_state(folder: Folder) -> StreamState:
     """The last state saved, for readers other than the sensor that owns the cursor."""
-    steps = [
-        int(number)
-        for old in folder.files((".json",))
-        if (number := old.name.removeprefix("state-").removesuffix(".json")).isdigit()
-    ]
-    return load_state(folder, max(steps, default=0))
+    return load_state(folder, max(_saved_steps(folder), default=0))
+
+
+def _saved_steps(folder: Folder) -> list[int]:
+    """The step numbers of the state files in `folder` (other files left out)."""
+    names = (
+        old.name.removeprefix("state-").removesuffix(".json") for old in folder.files((".json",))
+    )
+    return [int(number) for number in names if number.isdigit()]
 
 
 def load_state(folder: Folder, step: int, config: DetectorConfig | None = None) -> StreamState:
